@@ -1,0 +1,320 @@
+"""Logins and Sessions: the reference counting and the Login state machine.
+
+One Login per uid, one Session per PAM connection. This module alone decides
+state transitions; the server asks it to open and close sessions, and the
+manager supervisor reports back through the ManagerEvents methods.
+
+Login states: starting -> ready -> stopping, plus failed; a Login with no
+sessions whose manager is kept (linger, stop delay) is published as
+lingering. A Login with no sessions and no manager is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import rundir
+from .config import Config
+from .linger import wants_linger
+from .manager import Manager, ReadyReport
+from .protocol import Handshake
+from .statefiles import StateDir
+from .users import User
+
+log = logging.getLogger("turnstiled")
+
+# A manager that dies after readiness is restarted at most this often.
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+
+
+class LoginError(Exception):
+    """A session cannot be opened (the reason is for the log)."""
+
+
+@dataclass
+class Session:
+    id: str
+    user: User
+    facts: Handshake
+    leader: int
+    since: float = field(default_factory=time.time)
+    # Resolved once: True when the user's manager is ready, False on failure.
+    outcome: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop()
+                                    .create_future())
+    # Set by the server: ends the PAM side's connection (terminate, shutdown).
+    close_connection: Callable[[], None] = lambda: None
+
+    def resolve(self, ok: bool) -> None:
+        if not self.outcome.done():
+            self.outcome.set_result(ok)
+
+
+@dataclass
+class Login:
+    user: User
+    rundir: str | None
+    state: str = "starting"
+    since: float = field(default_factory=time.time)
+    sessions: dict[str, Session] = field(default_factory=dict)
+    manager: Manager | None = None
+    start_again: bool = False
+    restarts: collections.deque = field(default_factory=collections.deque)
+    last_ready: ReadyReport | None = None
+    stop_timer: asyncio.TimerHandle | None = None
+
+
+class Registry:
+    def __init__(self, config: Config, state: StateDir) -> None:
+        self.config = config
+        self.state = state
+        self.logins: dict[int, Login] = {}
+        self.sessions: dict[str, Session] = {}
+        self.failures: dict[int, tuple[float, str]] = {}
+        self._next_id = 1
+        self._emptied = asyncio.Event()
+        self._emptied.set()
+
+    # -- sessions (called by the server)
+
+    def open_session(self, user: User, facts: Handshake, leader: int) -> Session:
+        login = self.logins.get(user.uid)
+        if login is None:
+            login = self._new_login(user)
+        session = Session(str(self._next_id), user, facts, leader)
+        self._next_id += 1
+        login.sessions[session.id] = session
+        self.sessions[session.id] = session
+        self._cancel_stop_delay(login)
+        log.info("session %s opened: %s (uid %d) via %s, tty %r", session.id, user.name,
+                 user.uid, facts.service, facts.tty)
+        if login.state == "ready":
+            session.resolve(True)
+        elif login.manager is None:
+            self._start(login)
+        elif login.state in ("stopping", "failed"):
+            # The old manager is still on its way out; start afresh after it.
+            login.start_again = True
+        self._publish_session(session)
+        self._publish_login(login)
+        return session
+
+    def close_session(self, session: Session) -> None:
+        if self.sessions.pop(session.id, None) is None:
+            return
+        session.resolve(False)
+        login = self.logins[session.user.uid]
+        del login.sessions[session.id]
+        self.state.remove_session(session.id)
+        log.info("session %s closed: %s", session.id, session.user.name)
+        if not login.sessions:
+            self._last_session_gone(login)
+        self._publish_login(login)
+
+    def env_for(self, session: Session) -> dict[str, str]:
+        """The environment the PAM module exports into the session."""
+        login = self.logins[session.user.uid]
+        env = {}
+        path = self.config.rundir_for(session.user.uid, session.user.gid)
+        if login.rundir:
+            env["XDG_RUNTIME_DIR"] = login.rundir
+        if self.config.export_dbus_address:
+            bus = os.path.join(path, "bus")
+            try:
+                if stat.S_ISSOCK(os.lstat(bus).st_mode):
+                    env["DBUS_SESSION_BUS_ADDRESS"] = f"unix:path={bus}"
+            except OSError:
+                pass
+        return env
+
+    # -- the Login state machine
+
+    def _new_login(self, user: User) -> Login:
+        path = None
+        if self.config.manage_rundir:
+            path = self.config.rundir_for(user.uid, user.gid)
+            try:
+                rundir.make(path, user.uid, user.gid)
+            except rundir.RundirError as err:
+                raise LoginError(f"cannot make the runtime directory: {err}") from None
+        login = Login(user, path)
+        self.logins[user.uid] = login
+        self._emptied.clear()
+        self._start(login)
+        return login
+
+    def _needs_manager(self, user: User) -> bool:
+        if self.config.backend == "none":
+            return False
+        return user.uid != 0 or self.config.root_session
+
+    def _start(self, login: Login) -> None:
+        login.start_again = False
+        if not self._needs_manager(login.user):
+            self._set_ready(login)
+            return
+        login.state = "starting"
+        login.since = time.time()
+        login.manager = Manager(self.config, login.user, login.rundir, self)
+        login.manager.start()
+        log.info("starting the %s manager of %s", self.config.backend, login.user.name)
+
+    def _set_ready(self, login: Login) -> None:
+        login.state = "ready"
+        login.since = time.time()
+        for session in login.sessions.values():
+            session.resolve(True)
+
+    def _last_session_gone(self, login: Login) -> None:
+        if self._keeps_manager(login):
+            return
+        delay = self.config.user_stop_delay
+        if login.state == "ready" and delay > 0 and login.manager is not None:
+            login.stop_timer = asyncio.get_running_loop().call_later(
+                delay, self._stop_delay_over, login)
+        else:
+            self._stop(login)
+
+    def _keeps_manager(self, login: Login) -> bool:
+        return (login.manager is not None and login.state in ("starting", "ready")
+                and wants_linger(self.config, login.user.name))
+
+    def _stop_delay_over(self, login: Login) -> None:
+        login.stop_timer = None
+        if not login.sessions:
+            self._stop(login)
+
+    def _cancel_stop_delay(self, login: Login) -> None:
+        if login.stop_timer is not None:
+            login.stop_timer.cancel()
+            login.stop_timer = None
+
+    def _stop(self, login: Login) -> None:
+        """Stops the manager if one runs; ends the Login once nothing does."""
+        self._cancel_stop_delay(login)
+        if login.manager is None:
+            self._end_login(login)
+            return
+        if login.state != "failed":
+            login.state = "stopping"
+        login.manager.stop()
+        self._publish_login(login)
+
+    def _end_login(self, login: Login) -> None:
+        del self.logins[login.user.uid]
+        if login.rundir:
+            rundir.remove(login.rundir)
+        self.state.remove_user(login.user.uid)
+        log.info("login of %s ended", login.user.name)
+        if not self.logins:
+            self._emptied.set()
+
+    # -- manager events (turnstiled.manager.ManagerEvents)
+
+    def _login_of(self, manager: Manager) -> Login | None:
+        login = self.logins.get(manager.user.uid)
+        return login if login is not None and login.manager is manager else None
+
+    def manager_ready(self, manager: Manager, report: ReadyReport) -> None:
+        login = self._login_of(manager)
+        if login is None or login.state != "starting":
+            return
+        login.last_ready = report
+        services = ", ".join(f"{n} {ms:g} ms" for n, ms in report.services) or "none"
+        log.info("manager of %s ready after %g ms (core services: %s)", login.user.name,
+                 report.waited_ms, services)
+        self._set_ready(login)
+        if not login.sessions and not self._keeps_manager(login):
+            self._stop(login)
+        self._publish_login(login)
+
+    def manager_failed(self, manager: Manager, reason: str) -> None:
+        login = self._login_of(manager)
+        if login is None:
+            return
+        self.failures[login.user.uid] = (time.time(), reason)
+        if login.state == "starting":
+            login.state = "failed"
+            for session in login.sessions.values():
+                session.resolve(False)
+            self._publish_login(login)
+
+    def manager_gone(self, manager: Manager, status: int | None) -> None:
+        login = self._login_of(manager)
+        if login is None:
+            return
+        login.manager = None
+        if login.state == "ready":
+            self._restart_after_crash(login, status)
+        elif login.start_again or (login.state == "stopping" and login.sessions):
+            self._start(login)
+        elif not login.sessions:
+            self._end_login(login)
+            return
+        self._publish_login(login)
+
+    def _restart_after_crash(self, login: Login, status: int | None) -> None:
+        now = time.monotonic()
+        while login.restarts and now - login.restarts[0] > RESTART_WINDOW:
+            login.restarts.popleft()
+        if len(login.restarts) >= MAX_RESTARTS:
+            reason = (f"the manager died {MAX_RESTARTS + 1} times within "
+                      f"{RESTART_WINDOW:g} s (last status {status}); not restarting")
+            log.error("manager of %s: %s", login.user.name, reason)
+            self.failures[login.user.uid] = (time.time(), reason)
+            login.state = "failed"
+            return
+        login.restarts.append(now)
+        log.warning("manager of %s died (status %s); restarting", login.user.name, status)
+        self._start(login)
+
+    # -- shutdown
+
+    async def shutdown(self, timeout: float) -> None:
+        """Ends every session and Login; waits (bounded) for managers to go."""
+        for login in list(self.logins.values()):
+            for session in list(login.sessions.values()):
+                session.close_connection()
+                self.close_session(session)
+            login.start_again = False
+            if self.logins.get(login.user.uid) is login:
+                self._stop(login)
+        try:
+            await asyncio.wait_for(self._emptied.wait(), timeout)
+        except TimeoutError:
+            log.error("shutdown: %d user managers still running after %g s",
+                      len(self.logins), timeout)
+
+    # -- published state
+
+    def _publish_login(self, login: Login) -> None:
+        if self.logins.get(login.user.uid) is not login:
+            return
+        state = login.state
+        if state == "ready" and not login.sessions:
+            state = "lingering"
+        sessions = " ".join(login.sessions)
+        seats = " ".join(sorted({s.facts.seat for s in login.sessions.values() if s.facts.seat}))
+        self.state.write_user(login.user.uid, {
+            "NAME": login.user.name, "STATE": state, "RUNTIME": login.rundir or "",
+            "SESSIONS": sessions, "SEATS": seats, "BACKEND": self.config.backend,
+            "MANAGER_PID": (login.manager.pid or "") if login.manager else "",
+            "SINCE": int(login.since * 1_000_000),
+        })
+
+    def _publish_session(self, session: Session) -> None:
+        f = session.facts
+        self.state.write_session(session.id, {
+            "UID": session.user.uid, "USER": session.user.name, "ACTIVE": True,
+            "REMOTE": f.remote, "TYPE": f.type, "CLASS": f.klass, "SEAT": f.seat, "TTY": f.tty,
+            "DISPLAY": f.display, "SERVICE": f.service, "DESKTOP": f.desktop, "VTNR": f.vtnr,
+            "LEADER": session.leader, "REMOTE_HOST": f.remote_host,
+            "REMOTE_USER": f.remote_user, "REALTIME": int(session.since * 1_000_000),
+        })

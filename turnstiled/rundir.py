@@ -1,0 +1,89 @@
+"""XDG_RUNTIME_DIR: made 0700 for its user, removed when the Login ends.
+
+Every step goes through directory fds with O_NOFOLLOW, so a symlink planted
+anywhere on the path is refused rather than followed, and a parent directory
+that a non-root user owns or may write to is refused (they could swap entries).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class RundirError(Exception):
+    pass
+
+
+def _open_parent(path: str) -> tuple[int, str]:
+    """Opens (creating root-owned 0755 as needed) every parent of path."""
+    parts = [p for p in path.split("/") if p]
+    if not path.startswith("/") or not parts or ".." in parts:
+        raise RundirError(f"{path}: not an absolute path without '..'")
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        for part in parts[:-1]:
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+            st = os.fstat(fd)
+            # A sticky directory (/tmp) is fine: no one else can replace
+            # what root made in it, and the owner check above each step
+            # catches what another user made first.
+            if st.st_uid != 0 or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+                raise RundirError(f"{path}: parent {part!r} must be owned by root "
+                                  "and writable by no one else")
+    except OSError as err:
+        os.close(fd)
+        if err.errno == errno.ELOOP or err.errno == errno.ENOTDIR:
+            raise RundirError(f"{path}: a parent is a symlink or not a directory") from None
+        raise RundirError(f"{path}: {err.strerror}") from None
+    except RundirError:
+        os.close(fd)
+        raise
+    return fd, parts[-1]
+
+
+def make(path: str, uid: int, gid: int) -> None:
+    """Creates path as a 0700 directory owned by uid:gid (kept if already right)."""
+    parent, name = _open_parent(path)
+    try:
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent)
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as err:
+            raise RundirError(f"{path}: exists and is not a directory "
+                              f"({err.strerror})") from None
+        try:
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise RundirError(f"{path}: {err.strerror}") from None
+    finally:
+        os.close(parent)
+
+
+def remove(path: str) -> None:
+    """Removes path and everything in it, never following a symlink."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    # rmtree walks by fd on Linux (rmtree.avoids_symlink_attacks).
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,128 @@
+"""The control socket: one connection per PAM session.
+
+Checks the peer, decodes the handshake, registers the session, answers
+once the user's manager is ready, hands out the environment, then holds the
+connection until the PAM side closes it (logout, or the login process died).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+
+from . import protocol
+from .protocol import MSG_ERR, MSG_OK_DONE, MSG_OK_WAIT, MSG_REQ_ENV, ProtocolError
+from .registry import LoginError, Registry
+from .users import lookup_uid
+
+log = logging.getLogger("turnstiled")
+
+# A client that has not finished its handshake by then is dropped.
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process that connected."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def listen_unix(path: str, mode: int) -> socket.socket:
+    """A listening socket at path, replacing a stale one but never a live one."""
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        os.unlink(path)
+    else:
+        raise SystemExit(f"turnstiled: {path} is in use: is another turnstiled running?")
+    finally:
+        probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    os.chmod(path, mode)
+    sock.listen(512)
+    return sock
+
+
+class ControlServer:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pid, peer_uid, _ = peer_credentials(writer.get_extra_info("socket"))
+        try:
+            await self._serve(reader, writer, pid, peer_uid)
+        except ProtocolError as err:
+            log.warning("control: dropping client pid %d: %s", pid, err)
+            _send(writer, MSG_ERR)
+        except (TimeoutError, asyncio.IncompleteReadError):
+            log.warning("control: client pid %d did not finish its handshake", pid)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     pid: int, peer_uid: int) -> None:
+        facts = await asyncio.wait_for(self._handshake(reader, peer_uid), HANDSHAKE_TIMEOUT)
+        user = lookup_uid(facts.uid)
+        if user is None:
+            raise ProtocolError(f"uid {facts.uid} is not in the password database")
+        try:
+            session = self.registry.open_session(user, facts, pid)
+        except LoginError as err:
+            log.error("cannot log in %s: %s", user.name, err)
+            _send(writer, MSG_ERR)
+            return
+        session.close_connection = writer.transport.abort
+        try:
+            await self._answer(reader, writer, session)
+            # The session lasts as long as the connection: wait for EOF.
+            if await reader.read(1):
+                raise ProtocolError("data after the session was set up")
+        finally:
+            self.registry.close_session(session)
+
+    async def _handshake(self, reader: asyncio.StreamReader, peer_uid: int):
+        decoder = protocol.HandshakeDecoder()
+        checked = False
+        while True:
+            data = await reader.read(1024)
+            if not data:
+                raise asyncio.IncompleteReadError(b"", None)
+            facts = decoder.feed(data)
+            if decoder.uid is not None and not checked:
+                if peer_uid != 0:
+                    raise ProtocolError(f"peer uid {peer_uid} is not root; "
+                                        "only root may register sessions")
+                checked = True
+            if facts is not None:
+                return facts
+
+    async def _answer(self, reader, writer, session) -> None:
+        if not session.outcome.done():
+            _send(writer, MSG_OK_WAIT)
+        if not await session.outcome:
+            _send(writer, MSG_ERR)
+            return
+        _send(writer, MSG_OK_DONE)
+        msg = await reader.read(1)
+        if msg != bytes([MSG_REQ_ENV]):
+            if msg:
+                raise ProtocolError(f"expected REQ_ENV (3), got {msg[0]}")
+            return
+        writer.write(protocol.encode_env(self.registry.env_for(session)))
+        await writer.drain()
+
+
+def _send(writer: asyncio.StreamWriter, msg: int) -> None:
+    if not writer.is_closing():
+        writer.write(bytes([msg]))

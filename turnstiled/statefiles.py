@@ -1,0 +1,61 @@
+"""Published state: one KEY=VALUE file per user and per session.
+
+Readers (turnstilectl, scripts, other tools) never see a half-written file:
+each is written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class StateDir:
+    def __init__(self, root: str) -> None:
+        self.users = os.path.join(root, "users")
+        self.sessions = os.path.join(root, "sessions")
+
+    def prepare(self) -> None:
+        """Creates the directories and drops what a previous run left behind."""
+        for d in (self.users, self.sessions):
+            os.makedirs(d, mode=0o755, exist_ok=True)
+            os.chmod(d, 0o755)
+            for name in os.listdir(d):
+                os.unlink(os.path.join(d, name))
+
+    def write_user(self, uid: int, fields: dict[str, object]) -> None:
+        _write(self.users, str(uid), fields)
+
+    def write_session(self, sid: str, fields: dict[str, object]) -> None:
+        _write(self.sessions, sid, fields)
+
+    def remove_user(self, uid: int) -> None:
+        _unlink(os.path.join(self.users, str(uid)))
+
+    def remove_session(self, sid: str) -> None:
+        _unlink(os.path.join(self.sessions, sid))
+
+
+def _write(directory: str, name: str, fields: dict[str, object]) -> None:
+    text = "".join(f"{k}={_flat(v)}\n" for k, v in fields.items())
+    tmp = os.path.join(directory, f".{name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, os.path.join(directory, name))
+
+
+def _flat(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    # A value may come from a client (a remote host name); keep it on its line.
+    return str(value).replace("\n", " ")
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
