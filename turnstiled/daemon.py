@@ -7,6 +7,8 @@ import asyncio
 import logging
 import os
 import signal
+import sys
+import warnings
 
 from . import __version__
 from .config import Config
@@ -20,7 +22,19 @@ log = logging.getLogger("turnstiled")
 SHUTDOWN_TIMEOUT = 20.0
 
 
+def _watch_children_with_pidfds() -> None:
+    # Python 3.11's default child watcher runs a thread per child; a pidfd
+    # makes each child's exit one more event on the loop (3.12's default).
+    if sys.version_info < (3, 12):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            watcher = asyncio.PidfdChildWatcher()
+            watcher.attach_loop(asyncio.get_running_loop())
+            asyncio.set_child_watcher(watcher)
+
+
 async def serve(config: Config) -> None:
+    _watch_children_with_pidfds()
     os.umask(0o022)
     state = StateDir(config.state_dir)
     state.prepare()
