@@ -10,7 +10,8 @@ import signal
 import sys
 import warnings
 
-from . import __version__
+from . import __version__, linger
+from .admin import MAX_REQUEST, AdminServer
 from .config import Config
 from .registry import Registry
 from .server import ControlServer, listen_unix
@@ -42,6 +43,9 @@ async def serve(config: Config) -> None:
     control = ControlServer(registry)
     server = await asyncio.start_unix_server(
         control.handle, sock=listen_unix(config.socket_path, 0o666))
+    admin_server = await asyncio.start_unix_server(
+        AdminServer(registry).handle, sock=listen_unix(config.admin_socket_path, 0o666),
+        limit=MAX_REQUEST)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -49,11 +53,17 @@ async def serve(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     log.info("turnstiled %s listening on %s (backend %s)", __version__, config.socket_path,
              config.backend)
+    reason = linger.disabled_reason(config)
+    if reason and config.linger != "no":
+        log.warning("lingering is off: %s", reason)
+    registry.start_lingering()
 
     await stop.wait()
     log.info("shutting down")
     server.close()
+    admin_server.close()
     _unlink(config.socket_path)
+    _unlink(config.admin_socket_path)
     await registry.shutdown(SHUTDOWN_TIMEOUT)
 
 

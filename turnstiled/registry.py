@@ -20,13 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import rundir
+from . import linger, rundir
 from .config import Config
-from .linger import wants_linger
 from .manager import Manager, ReadyReport
 from .protocol import Handshake
 from .statefiles import StateDir
-from .users import User
+from .users import User, lookup_name
 
 log = logging.getLogger("turnstiled")
 
@@ -78,6 +77,7 @@ class Registry:
         self.logins: dict[int, Login] = {}
         self.sessions: dict[str, Session] = {}
         self.failures: dict[int, tuple[float, str]] = {}
+        self.started = time.time()
         self._next_id = 1
         self._emptied = asyncio.Event()
         self._emptied.set()
@@ -134,6 +134,50 @@ class Registry:
                 pass
         return env
 
+    # -- admin requests
+
+    def start_lingering(self) -> None:
+        """Starts the managers of lingering users (at daemon start, as logind)."""
+        for name in linger.lingering_users(self.config):
+            user = lookup_name(name)
+            if user is None:
+                log.warning("linger file for unknown user %r ignored", name)
+            elif user.uid not in self.logins:
+                self._linger_login(user)
+
+    def linger_changed(self, user: User) -> None:
+        """Applies a changed linger file at once, not only at the next logout."""
+        login = self.logins.get(user.uid)
+        if linger.wants_linger(self.config, user.name):
+            if login is None:
+                self._linger_login(user)
+        elif login is not None and not login.sessions:
+            self._stop(login)
+
+    def terminate_session(self, session: Session) -> None:
+        session.close_connection()
+        self.close_session(session)
+
+    def terminate_user(self, uid: int) -> None:
+        login = self.logins.get(uid)
+        if login is None:
+            return
+        for session in list(login.sessions.values()):
+            session.close_connection()
+            self.close_session(session)
+        # An admin asked for it: no stop delay, but linger still holds.
+        if self.logins.get(uid) is login and not self._keeps_manager(login):
+            self._stop(login)
+
+    def _linger_login(self, user: User) -> None:
+        try:
+            self._new_login(user)
+        except LoginError as err:
+            log.error("cannot start the lingering manager of %s: %s", user.name, err)
+            return
+        log.info("%s lingers: manager started without a login", user.name)
+        self._publish_login(self.logins[user.uid])
+
     # -- the Login state machine
 
     def _new_login(self, user: User) -> Login:
@@ -184,7 +228,7 @@ class Registry:
 
     def _keeps_manager(self, login: Login) -> bool:
         return (login.manager is not None and login.state in ("starting", "ready")
-                and wants_linger(self.config, login.user.name))
+                and linger.wants_linger(self.config, login.user.name))
 
     def _stop_delay_over(self, login: Login) -> None:
         login.stop_timer = None
@@ -306,6 +350,7 @@ class Registry:
             "NAME": login.user.name, "STATE": state, "RUNTIME": login.rundir or "",
             "SESSIONS": sessions, "SEATS": seats, "BACKEND": self.config.backend,
             "MANAGER_PID": (login.manager.pid or "") if login.manager else "",
+            "LINGER": linger.wants_linger(self.config, login.user.name),
             "SINCE": int(login.since * 1_000_000),
         })
 

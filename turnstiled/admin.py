@@ -1,0 +1,257 @@
+"""The admin socket: JSON lines for turnstilectl and other tools.
+
+One request object per line, one reply object per line (schema in
+doc/admin-protocol.md). Anyone may read; a user may change their own linger
+and end their own sessions; root may do everything. The peer is known from
+SO_PEERCRED, never from what it says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+
+from . import __version__, linger
+from .registry import Login, Registry, Session
+from .server import peer_credentials
+from .users import User, lookup_name, lookup_uid
+
+log = logging.getLogger("turnstiled")
+
+VERSION = 1
+MAX_REQUEST = 64 * 1024
+# Clients waiting for more than this between requests are dropped.
+IDLE_TIMEOUT = 60.0
+
+
+class RequestError(Exception):
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _not_found(message: str) -> RequestError:
+    return RequestError("not-found", message)
+
+
+def _refused(message: str) -> RequestError:
+    return RequestError("refused", message)
+
+
+def _bad(message: str) -> RequestError:
+    return RequestError("bad-request", message)
+
+
+class AdminServer:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.config = registry.config
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _, peer_uid, _ = peer_credentials(writer.get_extra_info("socket"))
+        try:
+            while True:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
+                except (ValueError, asyncio.LimitOverrunError):
+                    # Over the limit: answer, then drop (the rest of the line
+                    # cannot be told apart from a next request).
+                    await self._reply(writer, {"v": VERSION, "ok": False, "status": "bad-request",
+                                               "error": f"request over {MAX_REQUEST} bytes"})
+                    return
+                if not line:
+                    return
+                await self._reply(writer, self.dispatch(line, peer_uid))
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _reply(self, writer: asyncio.StreamWriter, reply: dict) -> None:
+        writer.write(json.dumps(reply).encode() + b"\n")
+        await writer.drain()
+
+    def dispatch(self, line: bytes, peer_uid: int) -> dict:
+        try:
+            try:
+                req = json.loads(line)
+            except (ValueError, UnicodeDecodeError):
+                raise _bad("not a JSON object") from None
+            if not isinstance(req, dict):
+                raise _bad("not a JSON object")
+            if req.get("v", VERSION) != VERSION:
+                raise _bad(f"unsupported version {req.get('v')!r}; this daemon speaks {VERSION}")
+            cmd, args = req.get("cmd"), req.get("args", {})
+            handler = _COMMANDS.get(cmd) if isinstance(cmd, str) else None
+            if handler is None:
+                raise _bad(f"unknown command {cmd!r}")
+            if not isinstance(args, dict):
+                raise _bad("args must be an object")
+            return {"v": VERSION, "ok": True, "data": handler(self, args, peer_uid)}
+        except RequestError as err:
+            return {"v": VERSION, "ok": False, "status": err.status, "error": str(err)}
+        except Exception:  # one bad request must not take the daemon down
+            log.exception("admin: request failed")
+            return {"v": VERSION, "ok": False, "status": "error", "error": "internal error"}
+
+    # -- helpers
+
+    def _user_arg(self, args: dict, peer_uid: int, key: str = "user") -> User:
+        value = args.get(key)
+        if value is None:
+            user = lookup_uid(peer_uid)
+        elif isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+            user = lookup_uid(int(value))
+        elif isinstance(value, str):
+            user = lookup_name(value)
+        else:
+            raise _bad(f"{key} must be a user name or uid")
+        if user is None:
+            raise _not_found(f"no such user: {value}")
+        return user
+
+    def _session_arg(self, args: dict) -> Session:
+        sid = str(args.get("id", ""))
+        session = self.registry.sessions.get(sid)
+        if session is None:
+            raise _not_found(f"no such session: {sid}")
+        return session
+
+    def _login(self, user: User) -> Login:
+        login = self.registry.logins.get(user.uid)
+        if login is None:
+            raise _not_found(f"{user.name} has no login and no running manager")
+        return login
+
+    # -- views
+
+    def describe_user(self, login: Login) -> dict:
+        u, m = login.user, login.manager
+        state = login.state
+        if state == "ready" and not login.sessions:
+            state = "lingering"
+        return {
+            "uid": u.uid, "user": u.name, "state": state, "since": login.since,
+            "sessions": sorted(login.sessions, key=int), "backend": self.config.backend,
+            "manager_pid": m.pid if m else None,
+            "manager_since": m.since if m else None,
+            "linger": linger.wants_linger(self.config, u.name),
+            "runtime_dir": login.rundir,
+            "seats": sorted({s.facts.seat for s in login.sessions.values() if s.facts.seat}),
+        }
+
+    def describe_session(self, s: Session) -> dict:
+        f = s.facts
+        return {
+            "id": s.id, "uid": s.user.uid, "user": s.user.name, "seat": f.seat, "tty": f.tty,
+            "display": f.display, "class": f.klass, "type": f.type, "service": f.service,
+            "desktop": f.desktop, "vtnr": f.vtnr, "remote": f.remote,
+            "remote_host": f.remote_host, "remote_user": f.remote_user, "leader": s.leader,
+            "since": s.since,
+        }
+
+    def user_status(self, login: Login) -> dict:
+        out = self.describe_user(login)
+        out["session_details"] = [self.describe_session(s) for s in login.sessions.values()]
+        ready = login.last_ready
+        out["last_ready"] = None if ready is None else {
+            "waited_ms": ready.waited_ms,
+            "services": [{"name": n, "ms": ms} for n, ms in ready.services]}
+        failure = self.registry.failures.get(login.user.uid)
+        out["last_failure"] = None if failure is None else {"time": failure[0],
+                                                            "reason": failure[1]}
+        out["restarts"] = len(login.restarts)
+        return out
+
+    # -- commands
+
+    def cmd_status(self, args: dict, peer_uid: int) -> dict:
+        reg = self.registry
+        return {
+            "version": __version__, "pid": os.getpid(), "since": reg.started,
+            "uptime": round(time.time() - reg.started, 3), "config": self.config.path,
+            "backend": self.config.backend, "users": len(reg.logins),
+            "sessions": len(reg.sessions), "linger": self.config.linger,
+            "linger_disabled": linger.disabled_reason(self.config),
+        }
+
+    def cmd_list_users(self, args: dict, peer_uid: int) -> list:
+        logins = sorted(self.registry.logins.values(), key=lambda lg: lg.user.uid)
+        return [self.describe_user(lg) for lg in logins]
+
+    def cmd_list_sessions(self, args: dict, peer_uid: int) -> list:
+        sessions = sorted(self.registry.sessions.values(), key=lambda s: int(s.id))
+        return [self.describe_session(s) for s in sessions]
+
+    def cmd_show_user(self, args: dict, peer_uid: int) -> dict:
+        return self.describe_user(self._login(self._user_arg(args, peer_uid)))
+
+    def cmd_show_session(self, args: dict, peer_uid: int) -> dict:
+        return self.describe_session(self._session_arg(args))
+
+    def cmd_user_status(self, args: dict, peer_uid: int) -> dict:
+        user = self._user_arg(args, peer_uid)
+        login = self.registry.logins.get(user.uid)
+        if login is None:
+            failure = self.registry.failures.get(user.uid)
+            if failure is None:
+                raise _not_found(f"{user.name} has no login and no running manager")
+            return {"uid": user.uid, "user": user.name, "state": "stopped",
+                    "last_failure": {"time": failure[0], "reason": failure[1]}}
+        return self.user_status(login)
+
+    def _set_linger(self, args: dict, peer_uid: int, enabled: bool) -> dict:
+        names = args.get("users") or [None]
+        if not isinstance(names, list):
+            raise _bad("users must be a list")
+        users = [self._user_arg({"user": n}, peer_uid) for n in names]
+        for user in users:
+            if peer_uid != 0 and user.uid != peer_uid:
+                raise _refused(f"only root may change linger for {user.name}")
+        reason = linger.disabled_reason(self.config) if enabled else None
+        for user in users:
+            linger.set_file(self.config, user.name, enabled)
+            log.info("linger %s for %s", "enabled" if enabled else "disabled", user.name)
+            self.registry.linger_changed(user)
+        return {"users": [u.name for u in users], "linger": enabled, "warning": reason}
+
+    def cmd_enable_linger(self, args: dict, peer_uid: int) -> dict:
+        return self._set_linger(args, peer_uid, True)
+
+    def cmd_disable_linger(self, args: dict, peer_uid: int) -> dict:
+        return self._set_linger(args, peer_uid, False)
+
+    def cmd_terminate_session(self, args: dict, peer_uid: int) -> dict:
+        session = self._session_arg(args)
+        if peer_uid != 0 and session.user.uid != peer_uid:
+            raise _refused(f"session {session.id} belongs to {session.user.name}")
+        self.registry.terminate_session(session)
+        log.info("session %s terminated by uid %d", session.id, peer_uid)
+        return {"id": session.id}
+
+    def cmd_terminate_user(self, args: dict, peer_uid: int) -> dict:
+        user = self._user_arg(args, peer_uid)
+        if peer_uid != 0 and user.uid != peer_uid:
+            raise _refused(f"only root may terminate {user.name}")
+        login = self._login(user)
+        count = len(login.sessions)
+        self.registry.terminate_user(user.uid)
+        log.info("%s terminated by uid %d", user.name, peer_uid)
+        return {"user": user.name, "sessions": count}
+
+
+_COMMANDS = {
+    "status": AdminServer.cmd_status,
+    "list-users": AdminServer.cmd_list_users,
+    "list-sessions": AdminServer.cmd_list_sessions,
+    "show-user": AdminServer.cmd_show_user,
+    "show-session": AdminServer.cmd_show_session,
+    "user-status": AdminServer.cmd_user_status,
+    "enable-linger": AdminServer.cmd_enable_linger,
+    "disable-linger": AdminServer.cmd_disable_linger,
+    "terminate-session": AdminServer.cmd_terminate_session,
+    "terminate-user": AdminServer.cmd_terminate_user,
+}

@@ -1,0 +1,233 @@
+"""turnstilectl: see and steer turnstiled's logins and user managers.
+
+Talks to the daemon's admin socket (JSON lines). Exit codes: 0 ok, 1 not
+found or refused (or the daemon is unreachable), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+DEFAULT_ADMIN_SOCKET = "/run/turnstiled/admin.sock"
+
+
+class CtlError(Exception):
+    pass
+
+
+def request(path: str, cmd: str, args: dict | None = None, timeout: float = 30.0) -> dict:
+    """One request to the admin socket; returns the reply object."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError as err:
+        raise CtlError(f"cannot reach turnstiled at {path} ({err.strerror}); is it running? "
+                       "Start it with `sv up turnstiled` (runit) or run `turnstiled`") from None
+    with sock:
+        sock.sendall(json.dumps({"v": 1, "cmd": cmd, "args": args or {}}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise CtlError("turnstiled closed the connection without answering")
+            data += chunk
+    return json.loads(data)
+
+
+# -- output
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _cell(value: object) -> str:
+    if value is None or value == "" or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]], legend: bool) -> str:
+    head = [title for title, _ in columns]
+    body = [[_cell(row.get(key)) for _, key in columns] for row in rows]
+    widths = [max(len(c) for c in col) for col in zip(head, *body, strict=False)]
+    lines = [head] if legend else []
+    lines += body
+    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+           for line in lines]
+    if legend:
+        out.append(f"\n{len(rows)} {'entry' if len(rows) == 1 else 'entries'} listed.")
+    return "\n".join(out)
+
+
+def properties(data: dict) -> str:
+    """KEY=VALUE lines, as `loginctl show-*` prints them."""
+    lines = []
+    for key, value in data.items():
+        if key in ("since", "manager_since") and value:
+            value = _when(value)
+        if value is None:
+            value = ""
+        elif isinstance(value, list):
+            value = " ".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
+        lines.append(f"{key.upper()}={value}")
+    return "\n".join(lines)
+
+
+USER_COLUMNS = [("UID", "uid"), ("USER", "user"), ("STATE", "state"),
+                ("SESSIONS", "sessions"), ("MANAGER PID", "manager_pid"),
+                ("BACKEND", "backend"), ("LINGER", "linger")]
+SESSION_COLUMNS = [("ID", "id"), ("UID", "uid"), ("USER", "user"), ("SEAT", "seat"),
+                   ("TTY", "tty"), ("CLASS", "class"), ("TYPE", "type"),
+                   ("SERVICE", "service"), ("REMOTE", "remote"), ("LEADER", "leader"),
+                   ("SINCE", "since_text")]
+
+
+def render_user_status(d: dict) -> str:
+    lines = [f"{d['user']} ({d['uid']})", f"  State: {d['state']}"]
+    if d.get("manager_pid"):
+        lines.append(f"  Manager: {d['backend']}, pid {d['manager_pid']}, "
+                     f"since {_when(d.get('manager_since'))}")
+    elif "backend" in d:
+        lines.append(f"  Manager: {d['backend']}, not running")
+    if "linger" in d:
+        lines.append(f"  Linger: {'yes' if d['linger'] else 'no'}")
+    if d.get("runtime_dir"):
+        lines.append(f"  Runtime dir: {d['runtime_dir']}")
+    sessions = d.get("session_details") or []
+    lines.append(f"  Sessions: {len(sessions)}")
+    for s in sessions:
+        where = s["tty"] or s["display"] or s["seat"] or "-"
+        remote = f" from {s['remote_host']}" if s["remote"] else ""
+        lines.append(f"    {s['id']}: {s['service']} on {where}{remote} ({s['class']}/"
+                     f"{s['type']}), leader {s['leader']}, since {_when(s['since'])}")
+    ready = d.get("last_ready")
+    if ready:
+        lines.append(f"  Last start: ready after {ready['waited_ms']:g} ms")
+        services = ready["services"]
+        if services:
+            lines.append("    core services: " + ", ".join(
+                f"{s['name']} ({s['ms']:g} ms)" for s in services))
+        else:
+            lines.append("    core services: none")
+    failure = d.get("last_failure")
+    if failure:
+        lines.append(f"  Last failure: {_when(failure['time'])}: {failure['reason']}")
+    if d.get("restarts"):
+        lines.append(f"  Restarts in the last minute: {d['restarts']}")
+    return "\n".join(lines)
+
+
+def render_status(d: dict) -> str:
+    up = int(d["uptime"])
+    lines = [f"turnstiled {d['version']} (pid {d['pid']})",
+             f"  Up since: {_when(d['since'])} ({up // 3600}h {up % 3600 // 60}m {up % 60}s)",
+             f"  Config: {d['config']}", f"  Backend: {d['backend']}",
+             f"  Users: {d['users']}", f"  Sessions: {d['sessions']}",
+             f"  Linger: {d['linger']}"]
+    if d.get("linger_disabled"):
+        lines.append(f"  Lingering is off: {d['linger_disabled']}")
+    return "\n".join(lines)
+
+
+# -- commands
+
+def _run(args: argparse.Namespace, cmd: str, req: dict,
+         render: Callable[[object], str]) -> int:
+    reply = request(args.admin_socket, cmd, req)
+    if not reply.get("ok"):
+        print(f"turnstilectl: {reply.get('error')}", file=sys.stderr)
+        return 1
+    data = reply["data"]
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        text = render(data)
+        if text:
+            print(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # The options work before and after the command, as with loginctl.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON")
+    common.add_argument("--no-legend", action="store_true", default=argparse.SUPPRESS,
+                        help="no column headers or footer in tables")
+    common.add_argument("--admin-socket", metavar="PATH", default=argparse.SUPPRESS,
+                        help=f"the daemon's admin socket (default {DEFAULT_ADMIN_SOCKET}, "
+                        "or $TURNSTILED_ADMIN_SOCKET)")
+    parser = argparse.ArgumentParser(prog="turnstilectl", parents=[common],
+                                     description="Inspect and control turnstiled.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add = sub.add_parser
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return add(name, help=help, parents=[common])
+
+    command("status", "the daemon: version, uptime, config, counts")
+    command("list-users", "users with a login or a running manager")
+    command("list-sessions", "open sessions")
+    command("show-user", "every property of a user").add_argument("user")
+    command("show-session", "every property of a session").add_argument("id")
+    command("user-status", "a user's manager, sessions and last start (default: yourself)") \
+        .add_argument("user", nargs="?")
+    for name, what in (("enable-linger", "keep"), ("disable-linger", "stop keeping")):
+        command(name, f"{what} users' managers without a login (default: yourself)") \
+            .add_argument("users", nargs="*")
+    command("terminate-user", "end all of a user's sessions and their manager") \
+        .add_argument("user")
+    command("terminate-session", "end one session").add_argument("id")
+    args = parser.parse_args(argv)
+    # Defaults here, not in the parsers: the options' actions are shared
+    # between the main parser and the commands'.
+    args.json = getattr(args, "json", False)
+    args.admin_socket = getattr(args, "admin_socket", None) or os.environ.get(
+        "TURNSTILED_ADMIN_SOCKET", DEFAULT_ADMIN_SOCKET)
+    legend = not getattr(args, "no_legend", False)
+
+    def sessions_table(rows):
+        for r in rows:
+            r["since_text"] = _when(r["since"])
+        return table(rows, SESSION_COLUMNS, legend)
+
+    def linger_note(d):
+        return f"warning: {d['warning']}" if d.get("warning") else ""
+
+    commands = {
+        "status": ({}, render_status),
+        "list-users": ({}, lambda rows: table(rows, USER_COLUMNS, legend)),
+        "list-sessions": ({}, sessions_table),
+        "show-user": ({"user": getattr(args, "user", None)}, properties),
+        "show-session": ({"id": getattr(args, "id", None)}, properties),
+        "user-status": ({"user": getattr(args, "user", None)}, render_user_status),
+        "enable-linger": ({"users": getattr(args, "users", [])}, linger_note),
+        "disable-linger": ({"users": getattr(args, "users", [])}, linger_note),
+        "terminate-user": ({"user": getattr(args, "user", None)}, lambda d: ""),
+        "terminate-session": ({"id": getattr(args, "id", None)}, lambda d: ""),
+    }
+    req, render = commands[args.command]
+    try:
+        return _run(args, args.command, req, render)
+    except CtlError as err:
+        print(f"turnstilectl: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
