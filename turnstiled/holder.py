@@ -81,6 +81,7 @@ class Holder:
         self.stop_requested = False
         self.sel = selectors.DefaultSelector()
         self.commands = b""
+        self.children: dict[int, subprocess.Popen] = {}
 
     # -- talking to the daemon
 
@@ -105,13 +106,17 @@ class Holder:
         return env
 
     def spawn(self, argv: list[str], env: dict[str, str], new_session: bool = False,
-              stdout: int = 2) -> subprocess.Popen:
+              stdout: int = 2) -> int:
         s = self.spec
         cwd = s["home"] if os.path.isdir(s["home"]) else "/"
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=2,
             user=s["uid"], group=s["gid"], extra_groups=s["groups"],
             start_new_session=new_session, close_fds=True)
+        # Keep the Popen: a dropped one reaps its child behind our back
+        # (__del__, subprocess's cleanup), and reap() would miss that exit.
+        self.children[proc.pid] = proc
+        return proc.pid
 
     def start_manager(self) -> bool:
         s = self.spec
@@ -129,19 +134,18 @@ class Holder:
         self.env = self.user_env(pam_env)
         argv = [s["backend"], "run", s["fifo"], s["srvdir"], s["confdir"]]
         try:
-            proc = self.spawn(argv, self.env, new_session=True)
+            self.manager_pid = self.spawn(argv, self.env, new_session=True)
         except OSError as err:
             self.emit("error", f"cannot run {s['backend']}: {err.strerror}")
             return False
-        self.manager_pid = proc.pid
-        self.emit("pid", proc.pid)
+        self.emit("pid", self.manager_pid)
         return True
 
     def run_ready(self, arg: str) -> None:
         env = self.user_env({})
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
-            proc = self.spawn([self.spec["backend"], "ready", arg], env, stdout=w)
+            pid = self.spawn([self.spec["backend"], "ready", arg], env, stdout=w)
         except OSError as err:
             os.close(r)
             self.emit("ready-exit", 127)
@@ -149,7 +153,7 @@ class Holder:
             return
         finally:
             os.close(w)
-        self.ready_pid, self.ready_out = proc.pid, r
+        self.ready_pid, self.ready_out = pid, r
         self.sel.register(r, selectors.EVENT_READ, self.on_ready_output)
 
     def on_ready_output(self) -> None:
@@ -217,6 +221,9 @@ class Holder:
                 return False
             if pid == 0:
                 return True
+            proc = self.children.pop(pid, None)
+            if proc is not None:
+                proc.returncode = wait_status(status)
             if pid == self.manager_pid:
                 self.manager_pid = None
                 self.emit("exit", wait_status(status))
