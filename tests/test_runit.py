@@ -1,0 +1,373 @@
+"""The runit backend end to end: real runsvdir/runsv/sv from Debian, real
+users, the real libpam loading pam_turnstile.so, the real daemon."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from pamclient import PamFailure, PamLogin
+
+PAM_SESSION_ERR = 14
+
+
+def wait_for(predicate, timeout, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def procs_of(uid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process owned by uid."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        if cmd:
+            out.append((int(entry), cmd))
+    return out
+
+
+def runsvdirs(uid: int) -> list[int]:
+    return [pid for pid, cmd in procs_of(uid) if cmd.startswith("runsvdir ")]
+
+
+def status_ids(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+class Services:
+    """A test user's ~/.config/service, written as that user would."""
+
+    def __init__(self, user) -> None:
+        self.user = user
+        self.dir = os.path.join(user.home, ".config", "service")
+        shutil.rmtree(os.path.join(user.home, ".config"), ignore_errors=True)
+        os.makedirs(self.dir)
+
+    def add(self, name: str, run: str, check: str | None = None, down: bool = False) -> str:
+        d = os.path.join(self.dir, name)
+        os.makedirs(d, exist_ok=True)
+        for fname, body in (("run", run), ("check", check)):
+            if body is not None:
+                path = os.path.join(d, fname)
+                with open(path, "w") as f:
+                    f.write("#!/bin/sh\n" + body + "\n")
+                os.chmod(path, 0o755)
+        if down:
+            open(os.path.join(d, "down"), "w").close()
+        return d
+
+    def core(self, *names: str) -> None:
+        d = os.path.join(self.dir, "turnstile-ready")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "conf"), "w") as f:
+            f.write(f'core_services="{" ".join(names)}"\n')
+
+    def own(self) -> None:
+        subprocess.run(["chown", "-R", f"{self.user.uid}:{self.user.gid}",
+                        os.path.join(self.user.home, ".config")], check=True)
+
+    def sv_status(self, name: str) -> str:
+        return subprocess.run(["sv", "status", os.path.join(self.dir, name)],
+                              capture_output=True, text=True, timeout=10).stdout
+
+
+@pytest.fixture
+def venv_bin():
+    return os.path.dirname(sys.executable)
+
+
+@pytest.fixture
+def runit_daemon(daemon):
+    def start(**overrides):
+        overrides.setdefault("backend", "runit")
+        return daemon(**overrides)
+    return start
+
+
+def test_login_waits_for_core_services(runit_daemon, test_user, pam_module):
+    sv = Services(test_user)
+    sv.add("a", "exec sleep infinity")
+    sv.add("b", "sleep 0.3\nexec sleep infinity")
+    # c is up once its check passes, 0.6 s after it starts
+    sv.add("c", "rm -f ../c.ok; (sleep 0.6; touch ../c.ok) &\nexec sleep infinity",
+           check="[ -e ../c.ok ]")
+    # d is not core: it takes 5 s and must not delay the login
+    sv.add("d", "rm -f ../d.ok; (sleep 5; touch ../d.ok) &\nexec sleep infinity",
+           check="[ -e ../d.ok ]")
+    sv.core("a", "b", "c")
+    sv.own()
+    d = runit_daemon()
+    service = d.login_service()
+    t0 = time.monotonic()
+    with PamLogin(service, test_user.name, d.service_dir) as pam:
+        env = pam.open()
+        waited = time.monotonic() - t0
+        for name in ("a", "b", "c"):
+            assert sv.sv_status(name).startswith("run:"), sv.sv_status(name)
+        assert os.path.exists(os.path.join(sv.dir, "c.ok"))
+        assert not os.path.exists(os.path.join(sv.dir, "d.ok"))
+        assert 0.6 <= waited < 4, waited
+        assert env["XDG_RUNTIME_DIR"] == d.rundir(test_user.uid)
+        state = d.user_state(test_user.uid)
+        assert state["STATE"] == "ready" and int(state["MANAGER_PID"]) in runsvdirs(
+            test_user.uid)
+        pam.close()
+
+
+def test_second_login_reuses_manager_and_runs_as_the_user(runit_daemon, test_users,
+                                                          pam_module):
+    user = test_users[1]
+    group = f"tsdg{os.getpid() % 100000}"
+    subprocess.run(["groupadd", group], check=True)
+    try:
+        subprocess.run(["usermod", "-aG", group, user.name], check=True)
+        gid_extra = int(subprocess.run(["getent", "group", group], capture_output=True,
+                                       text=True).stdout.split(":")[2])
+        sv = Services(user)
+        sv.add("e", "env > ../e.env\nexec sleep infinity", check="[ -s ../e.env ]")
+        sv.core("e")
+        sv.own()
+        d = runit_daemon()
+        service = d.login_service()
+        with PamLogin(service, user.name, d.service_dir) as first:
+            first.open()
+            [manager] = runsvdirs(user.uid)
+            t0 = time.monotonic()
+            with PamLogin(service, user.name, d.service_dir) as second:
+                second.open()
+                fast = time.monotonic() - t0
+                assert runsvdirs(user.uid) == [manager]
+                assert fast < 0.5, fast
+                ids = status_ids(manager)
+                assert ids["Uid"].split() == [str(user.uid)] * 4
+                assert ids["Gid"].split() == [str(user.gid)] * 4
+                assert set(map(int, ids["Groups"].split())) == {user.gid, gid_extra}
+                with open(os.path.join(sv.dir, "e.env")) as f:
+                    env = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+                assert env["XDG_RUNTIME_DIR"] == d.rundir(user.uid)
+                assert env["TURNSTILE_ENV_DIR"] == os.path.join(user.home, ".config",
+                                                                "service-env")
+                assert env["HOME"] == user.home and env["USER"] == user.name
+                second.close()
+            assert runsvdirs(user.uid) == [manager]  # one session remains
+            first.close()
+    finally:
+        subprocess.run(["gpasswd", "-d", user.name, group], capture_output=True)
+        subprocess.run(["groupdel", group], check=True)
+
+
+def test_last_logout_stops_everything(runit_daemon, test_user, pam_module):
+    sv = Services(test_user)
+    sv.add("a", "exec sleep infinity")
+    sv.add("b", "trap 'exit 0' TERM\nwhile :; do sleep 0.1; done")
+    sv.core("a", "b")
+    sv.own()
+    d = runit_daemon()
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        pam.open()
+        assert len(procs_of(test_user.uid)) >= 5  # runsvdir, runsv x3, services
+        pam.close()
+    t0 = time.monotonic()
+    assert wait_for(lambda: not procs_of(test_user.uid), 10), procs_of(test_user.uid)
+    assert time.monotonic() - t0 < 10
+    assert wait_for(lambda: not os.path.exists(d.rundir(test_user.uid)), 5)
+    assert d.user_state(test_user.uid) is None
+
+
+def test_core_service_that_never_comes_up_fails_the_login(runit_daemon, test_user,
+                                                          pam_module):
+    sv = Services(test_user)
+    sv.add("a", "exec sleep infinity")
+    sv.add("never", "exec sleep infinity", check="exit 1")
+    sv.core("a", "never")
+    sv.own()
+    d = runit_daemon(login_timeout=2)
+    t0 = time.monotonic()
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        with pytest.raises(PamFailure):
+            pam.open()
+        assert pam.code == PAM_SESSION_ERR
+    assert time.monotonic() - t0 < 3.0
+    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
+    assert "not ready after login_timeout" in d.log()
+    assert "up so far: a" in d.log()
+
+
+def test_killed_manager_is_restarted_then_given_up(runit_daemon, test_user, pam_module):
+    sv = Services(test_user)
+    sv.add("a", "exec sleep infinity")
+    sv.core("a")
+    sv.own()
+    d = runit_daemon()
+    service = d.login_service()
+    with PamLogin(service, test_user.name, d.service_dir) as pam:
+        pam.open()
+
+        def restarted(old: int) -> bool:
+            new = runsvdirs(test_user.uid)
+            return bool(new) and new != [old] and \
+                d.user_state(test_user.uid)["STATE"] == "ready"
+
+        for round_ in range(6):
+            [old] = wait_for(lambda: runsvdirs(test_user.uid), 10)
+            os.kill(old, signal.SIGKILL)
+            if round_ < 5:
+                assert wait_for(lambda o=old: restarted(o), 10)
+            if round_ == 0:
+                # the next login after a restart succeeds
+                with PamLogin(service, test_user.name, d.service_dir) as again:
+                    again.open()
+                    again.close()
+        assert wait_for(lambda: d.user_state(test_user.uid)["STATE"] == "failed", 10)
+        assert "not restarting" in d.log()
+        assert wait_for(lambda: not runsvdirs(test_user.uid), 10)
+        pam.close()
+    assert wait_for(lambda: not procs_of(test_user.uid), 10)
+
+
+def test_login_during_stop_gets_a_fresh_manager(runit_daemon, test_user, pam_module):
+    sv = Services(test_user)
+    # Takes a second to stop, so the next login lands in the middle of it.
+    sv.add("slow", "trap 'sleep 1; exit 0' TERM\nwhile :; do sleep 0.05; done")
+    sv.core("slow")
+    sv.own()
+    d = runit_daemon()
+    service = d.login_service()
+    with PamLogin(service, test_user.name, d.service_dir) as pam:
+        pam.open()
+        [old] = runsvdirs(test_user.uid)
+        pam.close()
+    assert wait_for(lambda: d.user_state(test_user.uid)["STATE"] == "stopping", 5)
+    with PamLogin(service, test_user.name, d.service_dir) as pam:
+        pam.open()
+        [new] = runsvdirs(test_user.uid)
+        assert new != old
+        assert sv.sv_status("slow").startswith("run:")
+        pam.close()
+    assert wait_for(lambda: not procs_of(test_user.uid), 15)
+
+
+def test_update_runit_env_reaches_services(runit_daemon, test_user, pam_module, venv_bin):
+    sv = Services(test_user)
+    sv.add("a", "exec sleep infinity")
+    sv.add("uses-env", 'exec chpst -e "$TURNSTILE_ENV_DIR" sh -c '
+           '\'echo "FOO=$FOO" > ../foo.out; exec sleep infinity\'', down=True)
+    sv.core("a")
+    sv.own()
+    d = runit_daemon()
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        pam.open()
+        out = subprocess.run(
+            ["setpriv", f"--reuid={test_user.uid}", f"--regid={test_user.gid}",
+             "--init-groups", "env", f"HOME={test_user.home}",
+             os.path.join(venv_bin, "turnstile-update-runit-env"), "-c", d.config_path,
+             "FOO=bar baz"], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        env_file = os.path.join(test_user.home, ".config", "service-env", "FOO")
+        assert os.stat(env_file).st_uid == test_user.uid
+        subprocess.run(["sv", "up", os.path.join(sv.dir, "uses-env")], check=True,
+                       timeout=10, capture_output=True)
+        out_file = os.path.join(sv.dir, "foo.out")
+        assert wait_for(lambda: os.path.exists(out_file) and open(out_file).read(), 10)
+        assert open(out_file).read().strip() == "FOO=bar baz"
+        pam.close()
+
+
+def test_root_login_has_no_manager_by_default(runit_daemon, pam_module):
+    d = runit_daemon()
+    with PamLogin(d.login_service(), "root", d.service_dir) as pam:
+        pam.open()
+        state = d.user_state(0)
+        assert state["STATE"] == "ready" and state["MANAGER_PID"] == ""
+        assert not runsvdirs(0)
+        pam.close()
+
+
+def test_unknown_user_is_refused(runit_daemon, pam_module):
+    # pam_get_user succeeds for any name; the module finds no passwd entry.
+    d = runit_daemon()
+    with PamLogin(d.login_service(), "tsd-no-such-user", d.service_dir) as pam:
+        with pytest.raises(PamFailure):
+            pam.open()
+        assert pam.code == PAM_SESSION_ERR
+
+
+def _burst_child(service: str, user: str, confdir: str, report: int, hold: int) -> None:
+    """One login program: open a session, report, hold it until told, close."""
+    code = 1
+    try:
+        with PamLogin(service, user, confdir) as pam:
+            try:
+                env = pam.open()
+                code = 0 if env.get("XDG_RUNTIME_DIR") else 2
+            except Exception:
+                code = 3
+            os.write(report, bytes([code]))
+            os.read(hold, 1)
+            if code == 0:
+                pam.close()
+    finally:
+        os._exit(0)
+
+
+def test_200_concurrent_cold_logins(runit_daemon, test_users, pam_module):
+    users = test_users[2:4]
+    for user in users:
+        sv = Services(user)
+        sv.add("a", "exec sleep infinity")
+        sv.add("b", "sleep 0.2\nexec sleep infinity")
+        sv.core("a", "b")
+        sv.own()
+    d = runit_daemon(login_timeout=60)
+    service = d.login_service()
+    report_r, report_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    children = []
+    for i in range(200):
+        pid = os.fork()
+        if pid == 0:
+            os.close(report_r)
+            os.close(hold_w)
+            _burst_child(service, users[i % 2].name, d.service_dir, report_w, hold_r)
+        children.append(pid)
+    os.close(report_w)
+    os.close(hold_r)
+    try:
+        codes = b""
+        deadline = time.monotonic() + 90
+        while len(codes) < 200 and time.monotonic() < deadline:
+            chunk = os.read(report_r, 200)
+            if not chunk:
+                break
+            codes += chunk
+        assert codes.count(0) == 200, {c: codes.count(c) for c in set(codes)}
+        for user in users:
+            assert len(runsvdirs(user.uid)) == 1
+            assert len(d.user_state(user.uid)["SESSIONS"].split()) == 100
+    finally:
+        os.close(hold_w)  # every child closes its session and exits
+        for pid in children:
+            os.waitpid(pid, 0)
+        os.close(report_r)
+    for user in users:
+        assert wait_for(lambda u=user: not procs_of(u.uid), 15), procs_of(user.uid)
+        assert wait_for(lambda u=user: d.user_state(u.uid) is None, 5)
