@@ -122,13 +122,14 @@ session optional pam_exec.so stdout type=open_session {show}
         env = dict(os.environ, LD_PRELOAD="libpam_wrapper.so", PAM_WRAPPER="1",
                    PAM_WRAPPER_SERVICE_DIR=f"{top}/pam.d")
         t0 = time.monotonic()
-        out = run("pamtester", "-v", "-E", "login", user, "open_session", "close_session",
-                  env=env)
+        out = run("pamtester", "-v", "-I", "tty=tty3", "login", user, "open_session",
+                  "close_session", env=env)
         print(f"(open and close took {time.monotonic() - t0:.2f} s)")
         if out.returncode != 0:
             raise SystemExit("the login failed; daemon log:\n" + open(f"{top}/daemon.log").read())
 
-        say("after logout: the manager and the runtime dir are gone")
+        say("after logout and user_stop_delay (10 s by default): the manager and the "
+            "runtime dir are gone")
         uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True).stdout)
         for _ in range(100):
             if not os.path.exists(f"{top}/state/users/{uid}"):

@@ -89,7 +89,7 @@ def properties(data: dict) -> str:
 
 
 USER_COLUMNS = [("UID", "uid"), ("USER", "user"), ("STATE", "state"),
-                ("SESSIONS", "sessions"), ("MANAGER PID", "manager_pid"),
+                ("SESSIONS", "session_count"), ("MANAGER PID", "manager_pid"),
                 ("BACKEND", "backend"), ("LINGER", "linger")]
 SESSION_COLUMNS = [("ID", "id"), ("UID", "uid"), ("USER", "user"), ("SEAT", "seat"),
                    ("TTY", "tty"), ("CLASS", "class"), ("TYPE", "type"),
@@ -206,12 +206,17 @@ def main(argv: list[str] | None = None) -> int:
             r["since_text"] = _when(r["since"])
         return table(rows, SESSION_COLUMNS, legend)
 
+    def users_table(rows):
+        for r in rows:
+            r["session_count"] = len(r["sessions"])
+        return table(rows, USER_COLUMNS, legend)
+
     def linger_note(d):
         return f"warning: {d['warning']}" if d.get("warning") else ""
 
     commands = {
         "status": ({}, render_status),
-        "list-users": ({}, lambda rows: table(rows, USER_COLUMNS, legend)),
+        "list-users": ({}, users_table),
         "list-sessions": ({}, sessions_table),
         "show-user": ({"user": getattr(args, "user", None)}, properties),
         "show-session": ({"id": getattr(args, "id", None)}, properties),

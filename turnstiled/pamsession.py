@@ -12,6 +12,49 @@ import pam
 
 PAM_ESTABLISH_CRED = 0x0002
 PAM_DELETE_CRED = 0x0004
+PAM_CONV = 5
+PAM_ERROR_MSG = 3
+PAM_TEXT_INFO = 4
+
+
+class _Message(ctypes.Structure):
+    _fields_ = [("msg_style", ctypes.c_int), ("msg", ctypes.c_char_p)]
+
+
+class _Response(ctypes.Structure):
+    _fields_ = [("resp", ctypes.c_char_p), ("resp_retcode", ctypes.c_int)]
+
+
+_CONV_FUNC = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int,
+                              ctypes.POINTER(ctypes.POINTER(_Message)),
+                              ctypes.POINTER(ctypes.POINTER(_Response)), ctypes.c_void_p)
+
+
+class _Conv(ctypes.Structure):
+    _fields_ = [("conv", _CONV_FUNC), ("appdata_ptr", ctypes.c_void_p)]
+
+
+_libc = ctypes.CDLL(None)
+_libc.calloc.restype = ctypes.c_void_p
+_libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+
+
+@_CONV_FUNC
+def _silent_conv(count, messages, responses, appdata):
+    """No one is at a terminal: messages are dropped, prompts get no answer.
+
+    python-pam's own conversation function dies with authenticate(), but
+    libpam keeps calling it (pam_exec, pam_motd...): this one lives as long
+    as the module, so session modules that talk cannot crash the caller.
+    """
+    block = _libc.calloc(max(count, 1), ctypes.sizeof(_Response))
+    if not block:
+        return 5  # PAM_BUF_ERR
+    responses[0] = ctypes.cast(block, ctypes.POINTER(_Response))
+    return 0
+
+
+_SILENT = _Conv(_silent_conv, None)
 
 
 class PamError(Exception):
@@ -49,6 +92,8 @@ class PamSession:
             reason = a.reason
             self.end()
             raise PamError(f"PAM service {self.service!r} refused {self.user}: {reason}")
+        a.pam_set_item(a.handle, PAM_CONV, ctypes.cast(ctypes.pointer(_SILENT),
+                                                       ctypes.c_char_p))
         a.pam_setcred(a.handle, PAM_ESTABLISH_CRED)
         code = a.open_session()
         if code != 0:

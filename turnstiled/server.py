@@ -73,6 +73,9 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      pid: int, peer_uid: int) -> None:
         facts = await asyncio.wait_for(self._handshake(reader, peer_uid), HANDSHAKE_TIMEOUT)
+        if facts is None:
+            log.debug("control: client pid %d closed without a word", pid)
+            return
         user = lookup_uid(facts.uid)
         if user is None:
             raise ProtocolError(f"uid {facts.uid} is not in the password database")
@@ -91,13 +94,18 @@ class ControlServer:
         finally:
             self.registry.close_session(session)
 
-    async def _handshake(self, reader: asyncio.StreamReader, peer_uid: int):
+    async def _handshake(self, reader: asyncio.StreamReader,
+                         peer_uid: int) -> protocol.Handshake | None:
         decoder = protocol.HandshakeDecoder()
         checked = False
+        started = False
         while True:
             data = await reader.read(1024)
             if not data:
+                if not started:
+                    return None  # a probe (is the daemon up?), not a client
                 raise asyncio.IncompleteReadError(b"", None)
+            started = True
             facts = decoder.feed(data)
             if decoder.uid is not None and not checked:
                 if peer_uid != 0:
