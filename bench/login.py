@@ -109,6 +109,9 @@ user_stop_delay = 0
                 os.symlink(f"../s{i}", f"{d}/boot.d/s{i}")
         subprocess.run(["chown", "-R", f"{self.uid}:{self.uid}",
                         os.path.join(self.home, ".config")], check=False)
+        # runsvdir does not scan a directory changed within the last second
+        # (it rescans a second later): measure logins, not that edit.
+        time.sleep(1.1)
 
     def login(self) -> PamSession:
         s = PamSession("login", USER, f"{self.top}/pam.d")
