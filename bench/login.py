@@ -46,8 +46,9 @@ def figures(name: str, samples: list[float]) -> None:
 
 
 class Bench:
-    def __init__(self, backend: str, top: str, home: str, uid: int) -> None:
+    def __init__(self, backend: str, top: str, home: str, uid: int, dinit_path: str) -> None:
         self.backend, self.top, self.home, self.uid = backend, top, home, uid
+        self.dinit_path = dinit_path
         self.daemon: subprocess.Popen | None = None
 
     def setup(self) -> None:
@@ -68,6 +69,9 @@ user_stop_delay = 0
             src = os.path.join(REPO, "backends", conf)
             if os.path.exists(src):
                 shutil.copy(src, f"{top}/etc/backend/")
+        if self.dinit_path:
+            with open(f"{top}/etc/backend/dinit.conf", "a") as f:
+                f.write(f'dinit_path="{self.dinit_path}"\n')
         write(f"{top}/pam.d/turnstiled", "auth required pam_permit.so\n"
               "account required pam_permit.so\nsession required pam_permit.so\n")
         write(f"{top}/pam.d/login", "auth required pam_permit.so\n"
@@ -167,6 +171,8 @@ def main() -> int:
     parser.add_argument("--backend", default="runit", choices=["runit", "dinit", "none"])
     parser.add_argument("--runs", type=int, default=20, help="cold and warm logins each")
     parser.add_argument("--cycles", type=int, default=200, help="warm open/close cycles")
+    parser.add_argument("--dinit-path", default="",
+                        help="directory of dinit and dinitctl, when not on PATH")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/login.py needs root")
@@ -181,7 +187,7 @@ def main() -> int:
     uid = int(subprocess.run(["id", "-u", USER], capture_output=True, text=True).stdout)
     top = tempfile.mkdtemp(prefix="turnstiled-bench.")
     os.chmod(top, 0o755)
-    bench = Bench(args.backend, top, home, uid)
+    bench = Bench(args.backend, top, home, uid, args.dinit_path)
     try:
         bench.setup()
         print(f"backend {args.backend}, python-pam in-process, {os.cpu_count()} cpus")
