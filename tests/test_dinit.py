@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from pamclient import PamFailure, PamLogin
+from procs import procs_of, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BACKEND = REPO_ROOT / "backends" / "dinit"
@@ -35,34 +36,6 @@ PAM_SESSION_ERR = 14
 MIN_VERSION = (0, 17, 0)
 # The holder's PATH for the backend (turnstiled.holder.DEFAULT_PATH).
 HOLDER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
-
-
-def wait_for(predicate, timeout, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
-def procs_of(uid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every process owned by uid."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}").st_uid != uid:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        if cmd:
-            out.append((int(entry), cmd))
-    return out
 
 
 def dinits(uid: int) -> list[int]:

@@ -12,36 +12,9 @@ import time
 
 import pytest
 from pamclient import PamFailure, PamLogin
+from procs import procs_of, wait_for
 
 PAM_SESSION_ERR = 14
-
-
-def wait_for(predicate, timeout, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
-def procs_of(uid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every process owned by uid."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}").st_uid != uid:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        if cmd:
-            out.append((int(entry), cmd))
-    return out
 
 
 def runsvdirs(uid: int) -> list[int]:
