@@ -1,0 +1,243 @@
+"""turnstilectl and the admin socket on a real daemon with real users and
+runit managers: both output forms, authorisation, linger, terminate, the
+stop delay, and hostile input."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from pamclient import PamLogin
+from procs import procs_of, wait_for
+from test_runit import Services, runsvdirs
+
+CTL = [sys.executable, "-m", "turnstiled.ctl"]
+VENV_CTL = os.path.join(os.path.dirname(sys.executable), "turnstilectl")
+
+
+def ctl(d, *args: str, user=None) -> subprocess.CompletedProcess:
+    """turnstilectl against d, as root or (user=) as that test user."""
+    if user is None:
+        argv = CTL + ["--admin-socket", d.admin_socket_path, *args]
+    else:
+        argv = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups",
+                VENV_CTL, "--admin-socket", d.admin_socket_path, *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+def with_core_service(user) -> Services:
+    sv = Services(user)
+    sv.add("a", "exec sleep infinity")
+    sv.core("a")
+    sv.own()
+    time.sleep(1.1)  # runsvdir skips a directory changed within the last second
+    return sv
+
+
+def test_every_command_in_both_forms(daemon, test_user, pam_module):
+    with_core_service(test_user)
+    d = daemon(backend="runit")
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        pam.open()
+        [manager] = runsvdirs(test_user.uid)
+        [sid] = d.session_ids()
+
+        out = ctl(d, "status")
+        assert out.returncode == 0
+        assert "Backend: runit" in out.stdout and "Sessions: 1" in out.stdout
+        status = json.loads(ctl(d, "--json", "status").stdout)
+        assert status["users"] == 1 and status["backend"] == "runit"
+
+        out = ctl(d, "list-users")
+        assert out.stdout.splitlines()[0].split() == [
+            "UID", "USER", "STATE", "SESSIONS", "MANAGER", "PID", "BACKEND", "LINGER"]
+        row = out.stdout.splitlines()[1].split()
+        assert row == [str(test_user.uid), test_user.name, "ready", "1", str(manager),
+                       "runit", "no"]
+        bare = ctl(d, "list-users", "--no-legend").stdout.strip().splitlines()
+        assert len(bare) == 1 and bare[0].split()[1] == test_user.name
+        [user] = json.loads(ctl(d, "--json", "list-users").stdout)
+        assert user["manager_pid"] == manager and user["sessions"] == [sid]
+
+        out = ctl(d, "list-sessions")
+        assert out.stdout.splitlines()[1].split()[:3] == [sid, str(test_user.uid), test_user.name]
+        [session] = json.loads(ctl(d, "list-sessions", "--json").stdout)
+        assert session["service"] == "login" and session["leader"] == os.getpid()
+
+        props = dict(line.split("=", 1) for line in
+                     ctl(d, "show-user", test_user.name).stdout.splitlines())
+        assert props["STATE"] == "ready" and props["MANAGER_PID"] == str(manager)
+        props = dict(line.split("=", 1) for line in ctl(d, "show-session", sid).stdout.splitlines())
+        assert props["USER"] == test_user.name and props["SERVICE"] == "login"
+        assert json.loads(ctl(d, "--json", "show-user", str(test_user.uid)).stdout)["uid"] == \
+            test_user.uid
+
+        out = ctl(d, "user-status", test_user.name)
+        assert f"Manager: runit, pid {manager}" in out.stdout
+        assert "core services: a (" in out.stdout
+        data = json.loads(ctl(d, "--json", "user-status", test_user.name).stdout)
+        assert [s["name"] for s in data["last_ready"]["services"]] == ["a"]
+        assert data["last_ready"]["waited_ms"] > 0
+
+        missing = ctl(d, "show-session", "999")
+        assert missing.returncode == 1 and "no such session" in missing.stderr
+        assert ctl(d, "show-user", "root").returncode == 1
+        assert ctl(d, "no-such-command").returncode == 2
+        pam.close()
+    down = subprocess.run(CTL + ["--admin-socket", "/nonexistent/admin.sock", "status"],
+                          capture_output=True, text=True, timeout=30)
+    assert down.returncode == 1
+    assert len(down.stderr.strip().splitlines()) == 1
+    assert "/nonexistent/admin.sock" in down.stderr and "running" in down.stderr
+
+
+def test_users_change_only_their_own(daemon, test_users, pam_module):
+    a, b = test_users[0], test_users[1]
+    d = daemon()
+    with PamLogin(d.login_service(), b.name, d.service_dir) as pam:
+        pam.open()
+        [sid] = d.session_ids()
+        out = ctl(d, "enable-linger", b.name, user=a)
+        assert out.returncode == 1 and "only root" in out.stderr
+        assert not os.path.exists(os.path.join(d.config["linger_dir"], b.name))
+        out = ctl(d, "terminate-session", sid, user=a)
+        assert out.returncode == 1 and d.session_ids() == [sid]
+        assert ctl(d, "terminate-user", b.name, user=a).returncode == 1
+        assert ctl(d, "list-sessions", user=a).returncode == 0  # reading is open
+        assert ctl(d, "enable-linger", user=a).returncode == 0
+        assert os.path.exists(os.path.join(d.config["linger_dir"], a.name))
+        assert ctl(d, "enable-linger", b.name).returncode == 0
+        assert os.path.exists(os.path.join(d.config["linger_dir"], b.name))
+        assert ctl(d, "terminate-session", sid).returncode == 0
+        assert wait_for(lambda: not d.session_ids(), 5)
+
+
+def test_linger_keeps_the_manager_and_starts_it_with_the_daemon(daemon, test_user,
+                                                              pam_module):
+    with_core_service(test_user)
+    d = daemon(backend="runit")
+    assert ctl(d, "enable-linger", test_user.name).returncode == 0
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        pam.open()
+        [manager] = runsvdirs(test_user.uid)
+        pam.close()
+    assert wait_for(lambda: d.user_state(test_user.uid)["STATE"] == "lingering", 5)
+    assert runsvdirs(test_user.uid) == [manager]
+
+    assert d.stop() == 0
+    assert wait_for(lambda: not procs_of(test_user.uid), 15)
+    d2 = daemon(backend="runit")  # same sandbox, same linger_dir: "boot"
+    assert wait_for(lambda: runsvdirs(test_user.uid), 10)
+    assert wait_for(lambda: (d2.user_state(test_user.uid) or {}).get("STATE") == "lingering", 10)
+
+    assert ctl(d2, "disable-linger", test_user.name).returncode == 0
+    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
+    assert wait_for(lambda: d2.user_state(test_user.uid) is None, 5)
+
+
+def test_terminate_user_ends_the_pam_side_and_the_manager(daemon, test_user, pam_module):
+    with_core_service(test_user)
+    d = daemon(backend="runit")
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        pam.open()
+        assert runsvdirs(test_user.uid)
+
+        # The PAM side's end of the session: the module's socket to the
+        # daemon, found among this process's fds (dup'ed, so ours to look at).
+        conns = []
+        for fd in map(int, os.listdir("/proc/self/fd")):
+            try:
+                sock = socket.socket(fileno=os.dup(fd))
+            except OSError:
+                continue
+            try:
+                if sock.family == socket.AF_UNIX and sock.getpeername() == d.socket_path:
+                    conns.append(sock)
+                    continue
+            except OSError:
+                pass
+            sock.close()
+        assert len(conns) == 1
+        [conn] = conns
+        try:
+            conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            raise AssertionError("the session's connection is readable before terminate")
+        except BlockingIOError:
+            pass  # open and quiet, as a session should be
+
+        out = ctl(d, "terminate-user", test_user.name)
+        assert out.returncode == 0
+        conn.settimeout(5)
+        assert conn.recv(1) == b""  # EOF on the PAM side
+        conn.close()
+        assert wait_for(lambda: not d.session_ids(), 5)
+        assert wait_for(lambda: not procs_of(test_user.uid), 15)
+        pam.close()
+
+
+def test_stop_delay_reuses_then_stops_the_manager(daemon, test_user, pam_module):
+    with_core_service(test_user)
+    d = daemon(backend="runit", user_stop_delay=2)
+    service = d.login_service()
+    with PamLogin(service, test_user.name, d.service_dir) as pam:
+        pam.open()
+        [manager] = runsvdirs(test_user.uid)
+        pam.close()
+    time.sleep(0.5)
+    assert d.user_state(test_user.uid)["STATE"] == "lingering"
+    with PamLogin(service, test_user.name, d.service_dir) as pam:
+        pam.open()
+        assert runsvdirs(test_user.uid) == [manager]
+        pam.close()
+    t0 = time.monotonic()
+    assert wait_for(lambda: not procs_of(test_user.uid), 10)
+    assert time.monotonic() - t0 > 1.5  # the delay held it
+
+
+def _lines(sock: socket.socket, count: int) -> list[dict]:
+    data = b""
+    sock.settimeout(10)
+    while data.count(b"\n") < count:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def test_garbage_on_the_admin_socket_gets_errors_while_others_are_served(daemon):
+    d = daemon()
+    bad = socket.socket(socket.AF_UNIX)
+    bad.connect(d.admin_socket_path)
+    bad.sendall(b"garbage\n[1,2]\n{\"cmd\":\"nope\"}\n{\"cmd\":\"show-user\",\"args\":[]}\n"
+                b"\xff\xfe\n")
+    replies = _lines(bad, 5)
+    assert [r["status"] for r in replies] == ["bad-request"] * 5
+    assert all(r["ok"] is False and r["error"] for r in replies)
+    bad.sendall(b"x" * 70000 + b"\n")
+    good = socket.socket(socket.AF_UNIX)
+    good.connect(d.admin_socket_path)
+    good.sendall(b'{"v":1,"cmd":"status"}\n')
+    [reply] = _lines(good, 1)
+    assert reply["ok"] and reply["data"]["sessions"] == 0
+    [over] = _lines(bad, 1)
+    assert over["status"] == "bad-request" and "65536" in over["error"]
+    assert d.running()
+    bad.close()
+    good.close()
+
+
+def test_linger_refused_without_a_managed_rundir(daemon, test_user, pam_module):
+    with_core_service(test_user)
+    d = daemon(backend="runit", manage_rundir="no")
+    out = ctl(d, "enable-linger", test_user.name)
+    assert out.returncode == 0 and "manage_rundir" in out.stdout
+    assert "manage_rundir" in ctl(d, "status").stdout
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        pam.open()
+        pam.close()
+    assert wait_for(lambda: not procs_of(test_user.uid), 15)
