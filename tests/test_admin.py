@@ -227,6 +227,9 @@ def test_garbage_on_the_admin_socket_gets_errors_while_others_are_served(daemon)
     [over] = _lines(bad, 1)
     assert over["status"] == "bad-request" and "65536" in over["error"]
     assert d.running()
+    good.sendall(json.dumps({"cmd": "show-user", "args": {"user": 2**70}}).encode() + b"\n")
+    [huge] = _lines(good, 1)
+    assert huge["status"] == "not-found"
     bad.close()
     good.close()
 

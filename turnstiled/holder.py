@@ -166,6 +166,8 @@ class Holder:
             return
         self.ready_buf += data
         *lines, self.ready_buf = self.ready_buf.split(b"\n")
+        # The user's own config runs in there: a line without end is dropped.
+        self.ready_buf = self.ready_buf[-4096:]
         for line in lines:
             words = line.decode(errors="replace").split()
             # The backend's ready prints `up NAME` as each core service comes up.
