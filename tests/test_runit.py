@@ -344,3 +344,22 @@ def test_200_concurrent_cold_logins(runit_daemon, test_users, pam_module):
     for user in users:
         assert wait_for(lambda u=user: not procs_of(u.uid), 15), procs_of(user.uid)
         assert wait_for(lambda u=user: d.user_state(u.uid) is None, 5)
+
+
+def test_first_ever_login_is_not_held_by_runsvdirs_rescan(runit_daemon, test_user,
+                                                          pam_module):
+    """The backend creates turnstile-ready/ at a user's first login; runsvdir
+    puts off a directory changed within the last second, which must not
+    become a second of login time."""
+    sv = Services(test_user)
+    sv.add("a", "exec sleep infinity")
+    sv.own()
+    time.sleep(1.1)  # the user's own edits are old news to runsvdir
+    d = runit_daemon()
+    t0 = time.monotonic()
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        pam.open()
+        waited = time.monotonic() - t0
+        assert os.path.isdir(os.path.join(sv.dir, "turnstile-ready"))
+        pam.close()
+    assert waited < 0.8, waited
