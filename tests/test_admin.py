@@ -244,3 +244,17 @@ def test_linger_refused_without_a_managed_rundir(daemon, test_user, pam_module):
         pam.open()
         pam.close()
     assert wait_for(lambda: not procs_of(test_user.uid), 15)
+
+
+def test_linger_enabled_during_the_stop_delay_keeps_the_manager(daemon, test_user,
+                                                               pam_module):
+    with_core_service(test_user)
+    d = daemon(backend="runit", user_stop_delay=2)
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        pam.open()
+        [manager] = runsvdirs(test_user.uid)
+        pam.close()
+    assert ctl(d, "enable-linger", test_user.name).returncode == 0
+    time.sleep(3)  # past the delay
+    assert runsvdirs(test_user.uid) == [manager]
+    assert d.user_state(test_user.uid)["STATE"] == "lingering"

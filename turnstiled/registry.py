@@ -151,6 +151,10 @@ class Registry:
         if linger.wants_linger(self.config, user.name):
             if login is None:
                 self._linger_login(user)
+            elif login.state == "stopping":
+                login.start_again = True  # the stop was for a non-lingering user
+            else:
+                self._cancel_stop_delay(login)
         elif login is not None and not login.sessions:
             self._stop(login)
 
@@ -232,7 +236,7 @@ class Registry:
 
     def _stop_delay_over(self, login: Login) -> None:
         login.stop_timer = None
-        if not login.sessions:
+        if not login.sessions and not self._keeps_manager(login):
             self._stop(login)
 
     def _cancel_stop_delay(self, login: Login) -> None:
