@@ -255,32 +255,6 @@ def test_user(test_users: list[ScratchUser]) -> ScratchUser:
     return test_users[0]
 
 
-def reset_user_services(user: ScratchUser) -> Path:
-    """Makes ~/.config/service of user an empty directory owned by them."""
-    kill_uid_processes(user.uid)
-    home = Path(user.home)
-    config = home / ".config"
-    target = config / "service"
-    if target.is_symlink() or target.is_file():
-        target.unlink()
-    elif target.exists():
-        shutil.rmtree(target)
-    for d in (config, target):
-        d.mkdir(mode=0o755, exist_ok=True)
-        os.lchown(d, user.uid, user.gid)
-    return target
-
-
-@pytest.fixture
-def user_services(test_user: ScratchUser) -> Iterator[Path]:
-    """test_user's ~/.config/service, empty at the start and end of the test."""
-    path = reset_user_services(test_user)
-    try:
-        yield path
-    finally:
-        reset_user_services(test_user)
-
-
 # -- the daemon
 
 
