@@ -7,6 +7,7 @@ test fails; every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
@@ -30,6 +31,7 @@ MODULE_REL = "pam/pam_turnstile.so"
 MODULE_ENV = "TURNSTILED_TEST_PAM_MODULE"
 USER_PREFIX = "tsdt"
 N_TEST_USERS = 4
+N_MANY_USERS = 40
 # uids of the users test_users made in this run: the only accounts whose
 # processes a fixture may kill.
 _created_uids: list[int] = []
@@ -204,10 +206,11 @@ class ScratchUser:
         return Path(self.home) / ".config" / "service"
 
 
-@pytest.fixture(scope="session")
-def test_users() -> Iterator[list[ScratchUser]]:
-    """Four throwaway real users (prefix tsdt), removed with their homes
-    afterwards, also when tests fail. Only the accounts made here are touched."""
+@contextlib.contextmanager
+def scratch_users(count: int, prefix: str = USER_PREFIX) -> Iterator[list[ScratchUser]]:
+    """count throwaway real users (prefix + a random tag + index), removed with
+    their homes afterwards, also when tests fail. Only the accounts made here
+    are touched."""
     if os.geteuid() != 0:
         pytest.skip("needs root to create throwaway users (useradd)")
     if shutil.which("useradd") is None or shutil.which("userdel") is None:
@@ -215,8 +218,8 @@ def test_users() -> Iterator[list[ScratchUser]]:
     tag = secrets.token_hex(3)
     made: list[ScratchUser] = []
     try:
-        for i in range(N_TEST_USERS):
-            name = f"{USER_PREFIX}{tag}{i}"
+        for i in range(count):
+            name = f"{prefix}{tag}{i}"
             try:
                 pwd.getpwnam(name)
             except KeyError:
@@ -248,6 +251,20 @@ def test_users() -> Iterator[list[ScratchUser]]:
                                 f"{res.stderr.strip()}")
         if problems:
             print("\n".join(problems), file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def test_users() -> Iterator[list[ScratchUser]]:
+    """Four throwaway real users (prefix tsdt)."""
+    with scratch_users(N_TEST_USERS) as users:
+        yield users
+
+
+@pytest.fixture(scope="session")
+def many_users() -> Iterator[list[ScratchUser]]:
+    """Forty throwaway real users, for bursts of distinct users' logins."""
+    with scratch_users(N_MANY_USERS) as users:
+        yield users
 
 
 @pytest.fixture

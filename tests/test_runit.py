@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from burst import OK, Burst, tally
 from pamclient import PamFailure, PamLogin
 from procs import procs_of, wait_for
 
@@ -284,24 +285,6 @@ def test_unknown_user_is_refused(runit_daemon, pam_module):
         assert pam.code == PAM_SESSION_ERR
 
 
-def _burst_child(service: str, user: str, confdir: str, report: int, hold: int) -> None:
-    """One login program: open a session, report, hold it until told, close."""
-    code = 1
-    try:
-        with PamLogin(service, user, confdir) as pam:
-            try:
-                env = pam.open()
-                code = 0 if env.get("XDG_RUNTIME_DIR") else 2
-            except Exception:
-                code = 3
-            os.write(report, bytes([code]))
-            os.read(hold, 1)
-            if code == 0:
-                pam.close()
-    finally:
-        os._exit(0)
-
-
 def test_200_concurrent_cold_logins(runit_daemon, test_users, pam_module):
     users = test_users[2:4]
     for user in users:
@@ -311,36 +294,15 @@ def test_200_concurrent_cold_logins(runit_daemon, test_users, pam_module):
         sv.core("a", "b")
         sv.own()
     d = runit_daemon(login_timeout=60)
-    service = d.login_service()
-    report_r, report_w = os.pipe()
-    hold_r, hold_w = os.pipe()
-    children = []
-    for i in range(200):
-        pid = os.fork()
-        if pid == 0:
-            os.close(report_r)
-            os.close(hold_w)
-            _burst_child(service, users[i % 2].name, d.service_dir, report_w, hold_r)
-        children.append(pid)
-    os.close(report_w)
-    os.close(hold_r)
+    burst = Burst(d.login_service(), [users[i % 2].name for i in range(200)], d.service_dir)
     try:
-        codes = b""
-        deadline = time.monotonic() + 90
-        while len(codes) < 200 and time.monotonic() < deadline:
-            chunk = os.read(report_r, 200)
-            if not chunk:
-                break
-            codes += chunk
-        assert codes.count(0) == 200, {c: codes.count(c) for c in set(codes)}
+        codes = burst.wait(90)
+        assert codes.count(OK) == 200, tally(codes)
         for user in users:
             assert len(runsvdirs(user.uid)) == 1
             assert len(d.user_state(user.uid)["SESSIONS"].split()) == 100
     finally:
-        os.close(hold_w)  # every child closes its session and exits
-        for pid in children:
-            os.waitpid(pid, 0)
-        os.close(report_r)
+        burst.release()
     for user in users:
         assert wait_for(lambda u=user: not procs_of(u.uid), 15), procs_of(user.uid)
         assert wait_for(lambda u=user: d.user_state(u.uid) is None, 5)
