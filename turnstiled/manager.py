@@ -55,6 +55,8 @@ class Manager:
         self._t0 = time.monotonic()
         self._services: list[tuple[str, float]] = []
         self._holder: asyncio.subprocess.Process | None = None
+        # Commands issued before the holder's channel exists, in order.
+        self._queued: list[str] = []
         self._fifo_fd: int | None = None
         self._ready_buf = b""
         self._timer: asyncio.TimerHandle | None = None
@@ -96,8 +98,9 @@ class Manager:
                 sys.executable, "-m", "turnstiled.holder", json.dumps(spec),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 cwd="/", env=_holder_env())
-            if self.phase == "stopping":
-                self._send("stop")
+            for line in self._queued:
+                self._send(line)
+            self._queued.clear()
             assert self._holder.stdout is not None
             async for raw in self._holder.stdout:
                 status = self._on_event(raw.decode(errors="replace").split(" ", 1), status)
@@ -199,7 +202,15 @@ class Manager:
 
     def _send(self, line: str) -> None:
         holder = self._holder
-        if holder is None or holder.stdin is None or holder.stdin.is_closing():
+        if holder is None:
+            # The fifo can be written before the holder's start returns on a
+            # busy loop: keep the command for it rather than lose it.
+            self._queued.append(line)
+            return
+        if holder.stdin is None or holder.stdin.is_closing():
+            log.error("manager of %s: cannot send %r, the holder's channel is closed",
+                      self.user.name, line)
+            self._fail("the holder's channel closed during the start")
             return
         holder.stdin.write(line.encode() + b"\n")
 
