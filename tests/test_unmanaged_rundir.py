@@ -1,0 +1,89 @@
+"""Next to elogind (`manage_rundir = no`): another program owns the runtime
+dir, turnstiled only points the manager at it. Real runit, a real session
+bus (dbus-daemon) as a core service, real users, the real daemon.
+
+elogind itself is not run here (it needs its own system bus and cgroup
+setup); the test makes the directory exactly as elogind does before a
+login, 0700 and owned by the user, and leaves it in place afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+
+import pytest
+from pamclient import PamLogin
+from procs import procs_of, wait_for
+from test_admin import ctl
+from test_runit import Services
+
+
+def elogind_rundir(d, user) -> str:
+    path = d.rundir(user.uid)
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    os.mkdir(path, 0o700)
+    os.chown(path, user.uid, user.gid)
+    return path
+
+
+def services_with_session_bus(user) -> Services:
+    sv = Services(user)
+    sv.add("env", "env > ../env.out\nexec sleep infinity", check="[ -s ../env.out ]")
+    sv.add("dbus", 'exec dbus-daemon --session --nofork --nopidfile '
+           '--address="unix:path=$XDG_RUNTIME_DIR/bus"',
+           check='[ -S "$XDG_RUNTIME_DIR/bus" ]')
+    sv.core("env", "dbus")
+    sv.own()
+    return sv
+
+
+def read_env(sv: Services) -> dict[str, str]:
+    with open(os.path.join(sv.dir, "env.out")) as f:
+        return dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+
+
+@pytest.mark.skipif(shutil.which("dbus-daemon") is None,
+                    reason="dbus-daemon is not installed (Debian package dbus-daemon)")
+def test_services_get_the_foreign_rundir_and_a_session_bus(daemon, test_user, pam_module):
+    d = daemon(backend="runit", manage_rundir=False)
+    path = elogind_rundir(d, test_user)
+    sv = services_with_session_bus(test_user)
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        env = pam.open()
+        assert read_env(sv)["XDG_RUNTIME_DIR"] == path
+        assert stat.S_ISSOCK(os.lstat(os.path.join(path, "bus")).st_mode)
+        assert env["DBUS_SESSION_BUS_ADDRESS"] == f"unix:path={path}/bus"
+        # The login's own XDG_RUNTIME_DIR is elogind's to set, not ours.
+        assert "XDG_RUNTIME_DIR" not in env
+        status = ctl(d, "user-status", test_user.name).stdout
+        assert f"Runtime dir: {path} (not managed by turnstiled)" in status
+        assert "missing" not in status
+        pam.close()
+    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
+    assert wait_for(lambda: d.user_state(test_user.uid) is None, 5)
+    # elogind's directory: still there, still the user's, untouched.
+    st = os.lstat(path)
+    assert stat.S_ISDIR(st.st_mode) and st.st_uid == test_user.uid
+    assert stat.S_IMODE(st.st_mode) == 0o700
+
+
+def test_missing_foreign_rundir_is_reported_and_the_login_goes_on(daemon, test_user,
+                                                                  pam_module):
+    d = daemon(backend="runit", manage_rundir=False)
+    path = d.rundir(test_user.uid)
+    sv = Services(test_user)
+    sv.add("env", "env > ../env.out\nexec sleep infinity", check="[ -s ../env.out ]")
+    sv.core("env")
+    sv.own()
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        env = pam.open()
+        assert "XDG_RUNTIME_DIR" not in env
+        assert read_env(sv)["XDG_RUNTIME_DIR"] == path
+        assert not os.path.exists(path), "turnstiled made a runtime dir it does not manage"
+        status = ctl(d, "user-status", test_user.name).stdout
+        assert "missing when the manager started" in status, status
+        assert f"runtime dir {path} of {test_user.name} is missing" in d.log()
+        pam.close()
+    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
