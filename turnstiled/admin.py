@@ -140,6 +140,8 @@ class AdminServer:
             "manager_since": m.since if m else None,
             "linger": linger.wants_linger(self.config, u.name),
             "runtime_dir": login.rundir,
+            "runtime_dir_managed": login.rundir_managed,
+            "runtime_dir_problem": login.rundir_problem or None,
             "seats": sorted({s.facts.seat for s in login.sessions.values() if s.facts.seat}),
         }
 

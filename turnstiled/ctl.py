@@ -107,7 +107,10 @@ def render_user_status(d: dict) -> str:
     if "linger" in d:
         lines.append(f"  Linger: {'yes' if d['linger'] else 'no'}")
     if d.get("runtime_dir"):
-        lines.append(f"  Runtime dir: {d['runtime_dir']}")
+        owner = "" if d.get("runtime_dir_managed", True) else " (not managed by turnstiled)"
+        lines.append(f"  Runtime dir: {d['runtime_dir']}{owner}")
+        if d.get("runtime_dir_problem"):
+            lines.append(f"    {d['runtime_dir_problem']}")
     sessions = d.get("session_details") or []
     lines.append(f"  Sessions: {len(sessions)}")
     for s in sessions:

@@ -142,10 +142,10 @@ class Holder:
         return True
 
     def run_ready(self, arg: str) -> None:
-        env = self.user_env({})
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
-            pid = self.spawn([self.spec["backend"], "ready", arg], env, stdout=w)
+            # run, ready and stop share one environment: the PAM session's.
+            pid = self.spawn([self.spec["backend"], "ready", arg], self.env, stdout=w)
         except OSError as err:
             os.close(r)
             self.emit("ready-exit", 127)
@@ -182,7 +182,7 @@ class Holder:
         if self.manager_pid is None:
             return
         try:
-            self.spawn([self.spec["backend"], "stop", str(self.manager_pid)], self.user_env({}))
+            self.spawn([self.spec["backend"], "stop", str(self.manager_pid)], self.env)
         except OSError as err:
             self.emit("error", f"cannot run {self.spec['backend']} stop: {err.strerror}")
             self.kill_all(signal.SIGTERM)

@@ -45,7 +45,7 @@ class ManagerEvents(Protocol):
 class Manager:
     """One run of one user's service manager, from start to gone."""
 
-    def __init__(self, config: Config, user: User, rundir: str | None,
+    def __init__(self, config: Config, user: User, rundir: str,
                  events: ManagerEvents) -> None:
         self.config, self.user, self.rundir, self.events = config, user, rundir, events
         self.backend = os.path.join(config.backend_dir, config.backend)

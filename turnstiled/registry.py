@@ -59,7 +59,10 @@ class Session:
 @dataclass
 class Login:
     user: User
-    rundir: str | None
+    # XDG_RUNTIME_DIR, made and removed by us only when rundir_managed; else
+    # another program's (elogind's), which the manager is still pointed at.
+    rundir: str
+    rundir_managed: bool
     state: str = "starting"
     since: float = field(default_factory=time.time)
     sessions: dict[str, Session] = field(default_factory=dict)
@@ -67,6 +70,8 @@ class Login:
     start_again: bool = False
     restarts: collections.deque = field(default_factory=collections.deque)
     last_ready: ReadyReport | None = None
+    # Why the runtime dir is not usable, when it is not (for user-status).
+    rundir_problem: str = ""
     stop_timer: asyncio.TimerHandle | None = None
 
 
@@ -122,11 +127,11 @@ class Registry:
         """The environment the PAM module exports into the session."""
         login = self.logins[session.user.uid]
         env = {}
-        path = self.config.rundir_for(session.user.uid, session.user.gid)
-        if login.rundir:
+        if login.rundir_managed:
+            # Unmanaged, the login's own PAM stack (pam_elogind) sets it.
             env["XDG_RUNTIME_DIR"] = login.rundir
         if self.config.export_dbus_address:
-            bus = os.path.join(path, "bus")
+            bus = os.path.join(login.rundir, "bus")
             try:
                 if stat.S_ISSOCK(os.lstat(bus).st_mode):
                     env["DBUS_SESSION_BUS_ADDRESS"] = f"unix:path={bus}"
@@ -185,14 +190,13 @@ class Registry:
     # -- the Login state machine
 
     def _new_login(self, user: User) -> Login:
-        path = None
+        path = self.config.rundir_for(user.uid, user.gid)
         if self.config.manage_rundir:
-            path = self.config.rundir_for(user.uid, user.gid)
             try:
                 rundir.make(path, user.uid, user.gid)
             except rundir.RundirError as err:
                 raise LoginError(f"cannot make the runtime directory: {err}") from None
-        login = Login(user, path)
+        login = Login(user, path, self.config.manage_rundir)
         self.logins[user.uid] = login
         self._emptied.clear()
         self._start(login)
@@ -210,9 +214,23 @@ class Registry:
             return
         login.state = "starting"
         login.since = time.time()
+        self._check_foreign_rundir(login)
         login.manager = Manager(self.config, login.user, login.rundir, self)
         login.manager.start()
         log.info("starting the %s manager of %s", self.config.backend, login.user.name)
+
+    def _check_foreign_rundir(self, login: Login) -> None:
+        """With manage_rundir = no the manager still gets XDG_RUNTIME_DIR; say
+        so when whoever should have made it (elogind) has not."""
+        if login.rundir_managed:
+            return
+        if os.path.isdir(login.rundir):
+            login.rundir_problem = ""
+            return
+        login.rundir_problem = ("missing when the manager started (manage_rundir = no: "
+                                "elogind or another program should make it)")
+        log.warning("runtime dir %s of %s is %s", login.rundir, login.user.name,
+                    login.rundir_problem)
 
     def _set_ready(self, login: Login) -> None:
         login.state = "ready"
@@ -257,7 +275,7 @@ class Registry:
 
     def _end_login(self, login: Login) -> None:
         del self.logins[login.user.uid]
-        if login.rundir:
+        if login.rundir_managed:
             rundir.remove(login.rundir)
         self.state.remove_user(login.user.uid)
         log.info("login of %s ended", login.user.name)
@@ -351,7 +369,7 @@ class Registry:
         sessions = " ".join(login.sessions)
         seats = " ".join(sorted({s.facts.seat for s in login.sessions.values() if s.facts.seat}))
         self.state.write_user(login.user.uid, {
-            "NAME": login.user.name, "STATE": state, "RUNTIME": login.rundir or "",
+            "NAME": login.user.name, "STATE": state, "RUNTIME": login.rundir,
             "SESSIONS": sessions, "SEATS": seats, "BACKEND": self.config.backend,
             "MANAGER_PID": (login.manager.pid or "") if login.manager else "",
             "LINGER": linger.wants_linger(self.config, login.user.name),
