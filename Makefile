@@ -1,4 +1,4 @@
-# `make` builds the PAM module only; `make demo` and `make test` first install
+# `make` builds the PAM module and the manager holder; `make demo` and `make test` first install
 # what they need (Debian packages and a virtualenv), so both work on a fresh
 # Debian machine as root.
 
@@ -7,11 +7,15 @@ PYTHON  := $(VENV)/bin/python
 CC      ?= gcc
 CFLAGS  ?= -O2 -g
 PAM_CFLAGS := -std=c11 -fPIC -Wall -Wextra -Werror -D_GNU_SOURCE
+HOLDER_CFLAGS := -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE
 
-all: pam/pam_turnstile.so
+all: pam/pam_turnstile.so holder/turnstiled-holder
 
 pam/pam_turnstile.so: pam/pam_turnstile.c
 	$(CC) $(CFLAGS) $(PAM_CFLAGS) -shared -o $@ $< -lpam
+
+holder/turnstiled-holder: holder/turnstiled-holder.c
+	$(CC) $(CFLAGS) $(HOLDER_CFLAGS) -o $@ $< -lpam
 
 setup:
 	VENV=$(VENV) sh scripts/setup.sh
@@ -27,6 +31,6 @@ bench: setup all
 	$(PYTHON) bench/login.py
 
 clean:
-	rm -f pam/pam_turnstile.so
+	rm -f pam/pam_turnstile.so holder/turnstiled-holder
 
 .PHONY: all setup demo test bench clean

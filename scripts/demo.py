@@ -19,9 +19,9 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tests"))
 
-from turnstiled.pamsession import PamSession  # noqa: E402
+from pamclient import PamLogin  # noqa: E402  (the real libpam, service files of ours)
 
 MODULE = os.path.join(REPO, "pam", "pam_turnstile.so")
 VENV_BIN = os.path.dirname(sys.executable)
@@ -78,6 +78,7 @@ def main() -> int:
         conf = f"{top}/etc/turnstiled.conf"
         write(conf, f"""# the default configuration, paths moved into {top}
 backend_dir = {top}/backends
+holder_path = {REPO}/holder/turnstiled-holder
 socket_path = {top}/control.sock
 admin_socket_path = {top}/admin.sock
 state_dir = {top}/state
@@ -139,7 +140,7 @@ session optional pam_exec.so stdout type=open_session {show}
         run("ls", "-la", f"{top}/user", f"{top}/state/users", f"{top}/state/sessions")
 
         say("a login that stays open: the admin's view")
-        session = PamSession("login", user, f"{top}/pam.d")
+        session = PamLogin("login", user, f"{top}/pam.d")
         got = session.open()
         print(f"session open, XDG_RUNTIME_DIR={got.get('XDG_RUNTIME_DIR')}")
         run(*ctl, "list-users")

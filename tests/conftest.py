@@ -29,6 +29,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MODULE_REL = "pam/pam_turnstile.so"
 # Names a prebuilt PAM module to test instead of building pam/pam_turnstile.so.
 MODULE_ENV = "TURNSTILED_TEST_PAM_MODULE"
+HOLDER_REL = "holder/turnstiled-holder"
+HOLDER_ENV = "TURNSTILED_TEST_HOLDER"
 USER_PREFIX = "tsdt"
 N_TEST_USERS = 4
 N_MANY_USERS = 40
@@ -121,48 +123,57 @@ def kill_uid_processes(uid: int, timeout: float = 5.0) -> None:
 # -- the module
 
 
-_module_build: dict[str, object] = {}
+_builds: dict[str, dict[str, object]] = {}
 
 
-def build_module() -> Path:
-    """pam/pam_turnstile.so, built with `make` when missing or stale.
-
-    Skips the calling test (with the reason) when it cannot be built. The
-    outcome is remembered for the whole run. $TURNSTILED_TEST_PAM_MODULE
-    names a prebuilt module to use instead.
-    """
-    if "path" in _module_build:
-        return _module_build["path"]  # type: ignore[return-value]
-    if "skip" in _module_build:
-        pytest.skip(str(_module_build["skip"]))
-    override = os.environ.get(MODULE_ENV)
+def _build(rel: str, src_rel: str, override_env: str) -> Path:
+    """REPO_ROOT/rel, built with `make rel` when missing or older than its
+    source; $override_env names a prebuilt file to use instead. Skips the
+    calling test (with the reason) when it cannot be built; the outcome is
+    remembered for the whole run."""
+    done = _builds.setdefault(rel, {})
+    if "path" in done:
+        return done["path"]  # type: ignore[return-value]
+    if "skip" in done:
+        pytest.skip(str(done["skip"]))
+    override = os.environ.get(override_env)
     if override:
-        # A module built elsewhere (e.g. upstream's, which speaks the same
+        # Built elsewhere (e.g. upstream's module, which speaks the same
         # protocol); used as is, never rebuilt.
         path = Path(override).resolve()
         if not path.is_file():
-            pytest.fail(f"{MODULE_ENV}={override}: no such file")
-        _module_build["path"] = path
+            pytest.fail(f"{override_env}={override}: no such file")
+        done["path"] = path
         return path
-    so, src = REPO_ROOT / MODULE_REL, REPO_ROOT / "pam" / "pam_turnstile.c"
+    out, src = REPO_ROOT / rel, REPO_ROOT / src_rel
     reason = None
-    if not src.exists() and not so.exists():
-        reason = f"{src} does not exist yet: the PAM module is not written"
-    elif src.exists() and (not so.exists() or so.stat().st_mtime < src.stat().st_mtime):
+    if not src.exists() and not out.exists():
+        reason = f"{src} does not exist"
+    elif src.exists() and (not out.exists() or out.stat().st_mtime < src.stat().st_mtime):
         try:
-            res = subprocess.run(["make", MODULE_REL], cwd=REPO_ROOT, capture_output=True,
+            res = subprocess.run(["make", rel], cwd=REPO_ROOT, capture_output=True,
                                  text=True, timeout=120, check=False)
         except (OSError, subprocess.TimeoutExpired) as err:
-            reason = f"cannot run make for {MODULE_REL}: {err}"
+            reason = f"cannot run make for {rel}: {err}"
         else:
-            if res.returncode != 0 or not so.exists():
+            if res.returncode != 0 or not out.exists():
                 tail = (res.stdout + res.stderr).strip()[-2000:]
-                reason = f"`make {MODULE_REL}` failed (exit {res.returncode}):\n{tail}"
+                reason = f"`make {rel}` failed (exit {res.returncode}):\n{tail}"
     if reason is not None:
-        _module_build["skip"] = reason
+        done["skip"] = reason
         pytest.skip(reason)
-    _module_build["path"] = so
-    return so
+    done["path"] = out
+    return out
+
+
+def build_module() -> Path:
+    """pam/pam_turnstile.so ($TURNSTILED_TEST_PAM_MODULE names another)."""
+    return _build(MODULE_REL, "pam/pam_turnstile.c", MODULE_ENV)
+
+
+def build_holder() -> Path:
+    """holder/turnstiled-holder ($TURNSTILED_TEST_HOLDER names another)."""
+    return _build(HOLDER_REL, "holder/turnstiled-holder.c", HOLDER_ENV)
 
 
 @pytest.fixture(scope="session")
@@ -416,6 +427,7 @@ def daemon_defaults(sandbox: Path) -> dict[str, str]:
         "rundir_path": str(sandbox / "user" / "%u"),
         "manage_rundir": "yes",
         "backend_dir": str(sandbox / "backends"),
+        "holder_path": str(build_holder()),
         "pam_service": "turnstiled",
         "pam_dir": str(sandbox / "pam.d"),
         "login_timeout": "10",

@@ -34,7 +34,7 @@ DINIT_ENV = "TURNSTILED_TEST_DINIT"
 DINIT_OLD_ENV = "TURNSTILED_TEST_DINIT_OLD"
 PAM_SESSION_ERR = 14
 MIN_VERSION = (0, 17, 0)
-# The holder's PATH for the backend (turnstiled.holder.DEFAULT_PATH).
+# The holder's PATH for the backend (DEFAULT_PATH in holder/turnstiled-holder.c).
 HOLDER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 
 

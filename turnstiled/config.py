@@ -31,6 +31,7 @@ class Config:
     state_dir: str = "/run/turnstiled"
     linger_dir: str = "/var/lib/turnstiled/linger"
     backend_dir: str = "/usr/libexec/turnstiled"
+    holder_path: str = "/usr/libexec/turnstiled/turnstiled-holder"
     pam_service: str = "turnstiled"
     pam_dir: str = ""
     # Where the file came from; backends read their own config from
@@ -136,6 +137,7 @@ _PARSERS = {
     "state_dir": _abspath,
     "linger_dir": _abspath,
     "backend_dir": _abspath,
+    "holder_path": _abspath,
     "pam_service": _pam_service,
     "pam_dir": _optional_abspath,
 }

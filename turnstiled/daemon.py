@@ -7,11 +7,10 @@ import asyncio
 import logging
 import os
 import signal
-import sys
-import warnings
 
 from . import __version__, linger
 from .admin import MAX_REQUEST, AdminServer
+from .children import Children
 from .config import Config
 from .registry import Registry
 from .server import ControlServer, listen_unix
@@ -23,23 +22,13 @@ log = logging.getLogger("turnstiled")
 SHUTDOWN_TIMEOUT = 20.0
 
 
-def _watch_children_with_pidfds() -> None:
-    # Python 3.11's default child watcher runs a thread per child; a pidfd
-    # makes each child's exit one more event on the loop (3.12's default).
-    if sys.version_info < (3, 12):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            watcher = asyncio.PidfdChildWatcher()
-            watcher.attach_loop(asyncio.get_running_loop())
-            asyncio.set_child_watcher(watcher)
-
-
 async def serve(config: Config) -> None:
-    _watch_children_with_pidfds()
     os.umask(0o022)
+    children = Children()
+    children.attach(asyncio.get_running_loop())
     state = StateDir(config.state_dir)
     state.prepare()
-    registry = Registry(config, state)
+    registry = Registry(config, state, children)
     control = ControlServer(registry)
     server = await asyncio.start_unix_server(
         control.handle, sock=listen_unix(config.socket_path, 0o666))
@@ -53,6 +42,9 @@ async def serve(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     log.info("turnstiled %s listening on %s (backend %s)", __version__, config.socket_path,
              config.backend)
+    if config.backend != "none" and not os.access(config.holder_path, os.X_OK):
+        log.error("holder_path %s is not an executable: no user manager can start "
+                  "(install turnstiled-holder there, or set holder_path)", config.holder_path)
     reason = linger.disabled_reason(config)
     if reason and config.linger != "no":
         log.warning("lingering is off: %s", reason)

@@ -1,23 +1,27 @@
 """The manager supervisor: starts, readies and stops one user's service
-manager through its holder process (turnstiled.holder), and owns the login
-timeout. It reports to its owner, the registry, through ManagerEvents.
+manager through its holder (holder/turnstiled-holder, a small C program
+that opens the manager's PAM session and runs the backend as the user), and
+owns the login timeout. It reports to its owner, the registry, through
+ManagerEvents.
 
-Every wait is an event on the loop: the readiness fifo is a reader, the
-holder's stdout a stream, the timeout a timer.
+Every wait is an event on the loop: the readiness fifo and the holder's
+channel are readers, the holder's exit a SIGCHLD, the timeout a timer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
-import sys
+import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from . import holderlink
+from .children import Children
 from .config import Config
 from .users import User
 
@@ -27,6 +31,8 @@ log = logging.getLogger("turnstiled")
 STOP_TIMEOUT = 10.0
 # Longest readiness string accepted from the fifo (a path, as upstream).
 MAX_READY = 4096
+# Most core services a start reports (names come from the user's own config).
+MAX_SERVICES = 256
 
 
 @dataclass
@@ -45,31 +51,39 @@ class ManagerEvents(Protocol):
 class Manager:
     """One run of one user's service manager, from start to gone."""
 
-    def __init__(self, config: Config, user: User, rundir: str,
-                 events: ManagerEvents) -> None:
+    def __init__(self, config: Config, user: User, rundir: str, events: ManagerEvents,
+                 children: Children) -> None:
         self.config, self.user, self.rundir, self.events = config, user, rundir, events
+        self.children = children
         self.backend = os.path.join(config.backend_dir, config.backend)
         self.pid: int | None = None
         self.since = time.time()
         self.phase = "starting"  # starting, ready, stopping, gone
         self._t0 = time.monotonic()
         self._services: list[tuple[str, float]] = []
-        self._holder: asyncio.subprocess.Process | None = None
-        # Commands issued before the holder's channel exists, in order.
-        self._queued: list[str] = []
+        self._holder_pid: int | None = None
+        self._channel: socket.socket | None = None
+        self._holder_done = False  # it said `gone`: nothing of the manager remains
+        self._status: int | None = None
         self._fifo_fd: int | None = None
         self._ready_buf = b""
         self._timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task | None = None
+        self._cleanup: asyncio.Task | None = None
         self._dir = os.path.join(config.state_dir, "managers", str(user.uid))
 
     # -- public
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        """Spawns the holder; every outcome is reported through events, later."""
+        loop = asyncio.get_running_loop()
+        try:
+            self._spawn_holder()
+        except (OSError, holderlink.LinkError) as err:
+            self._close_fifo()
+            loop.call_soon(self._fail_to_start, f"cannot start the manager's holder: {err}")
+            return
         if self.config.login_timeout > 0:
-            self._timer = asyncio.get_running_loop().call_later(
-                self.config.login_timeout, self._timed_out)
+            self._timer = loop.call_later(self.config.login_timeout, self._timed_out)
 
     def stop(self) -> None:
         """Asks the manager to stop; `manager_gone` follows once nothing remains."""
@@ -78,44 +92,34 @@ class Manager:
         self.phase = "stopping"
         self._cancel_timer()
         self._close_fifo()
-        self._send("stop")
+        if self._channel is not None:  # else the holder is on its way out
+            self._send("stop")
 
     # -- the run
 
-    async def _run(self) -> None:
-        status: int | None = None
+    def _spawn_holder(self) -> None:
+        fifo, srvdir = self._prepare()
+        packet = holderlink.start_packet(
+            self.user, self.rundir, self.backend, fifo, srvdir, self.config.backend_conf_dir,
+            self.config.pam_service, self.config.pam_dir, STOP_TIMEOUT)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            fifo, srvdir = self._prepare()
-            spec = {
-                "uid": self.user.uid, "gid": self.user.gid, "groups": list(self.user.groups),
-                "user": self.user.name, "home": self.user.home, "shell": self.user.shell,
-                "rundir": self.rundir, "backend": self.backend, "fifo": fifo,
-                "srvdir": srvdir, "confdir": self.config.backend_conf_dir,
-                "pam_service": self.config.pam_service, "pam_dir": self.config.pam_dir,
-                "stop_timeout": STOP_TIMEOUT,
-            }
-            self._holder = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "turnstiled.holder", json.dumps(spec),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                cwd="/", env=_holder_env())
-            for line in self._queued:
-                self._send(line)
-            self._queued.clear()
-            assert self._holder.stdout is not None
-            async for raw in self._holder.stdout:
-                status = self._on_event(raw.decode(errors="replace").split(" ", 1), status)
-            await self._holder.wait()
-        except OSError as err:
-            self._fail(f"cannot start the manager: {err}")
-        except Exception:  # a bug here must not leave logins hanging
-            log.exception("manager of %s: unexpected error", self.user.name)
-            self._fail("internal error (see the log)")
+            self._holder_pid = self.children.spawn(self.config.holder_path, theirs.fileno(),
+                                                   self._holder_exited)
+        except OSError:
+            ours.close()
+            raise
         finally:
-            self._cancel_timer()
-            self._close_fifo()
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self.phase = "gone"
-            self.events.manager_gone(self, status)
+            theirs.close()
+        ours.setblocking(False)
+        self._channel = ours
+        loop = asyncio.get_running_loop()
+        loop.add_reader(ours.fileno(), self._on_channel)
+        self._send_packet(packet)
+        # Only now may the user's side speak: whatever it says has a channel
+        # to go to (the socket buffers it until the holder reads).
+        assert self._fifo_fd is not None
+        loop.add_reader(self._fifo_fd, self._on_fifo)
 
     def _prepare(self) -> tuple[str, str]:
         """The fifo (written by the user's side) and the backend's srvdir."""
@@ -132,28 +136,52 @@ class Manager:
         # Non-blocking read end: no EOF is reported before a writer has
         # opened it, so the loop sleeps until the backend writes.
         self._fifo_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        asyncio.get_running_loop().add_reader(self._fifo_fd, self._on_fifo)
         return fifo, srvdir
 
-    def _on_event(self, words: list[str], status: int | None) -> int | None:
-        kind, arg = words[0].strip(), (words[1].strip() if len(words) > 1 else "")
-        if kind == "pid":
+    def _on_channel(self) -> None:
+        assert self._channel is not None
+        while self._channel is not None:
+            try:
+                packet = self._channel.recv(holderlink.MAX_PACKET + 1)
+            except BlockingIOError:
+                return
+            except OSError:
+                packet = b""
+            if not packet:
+                # The holder has exited (or is about to); its exit finishes us.
+                self._close_channel()
+                return
+            try:
+                verb, fields = holderlink.decode(packet)
+            except holderlink.LinkError as err:
+                log.warning("manager of %s: holder said something odd: %s", self.user.name, err)
+                continue
+            self._on_event(verb, fields)
+
+    def _on_event(self, verb: str, fields: list[str]) -> None:
+        arg = fields[0] if fields else ""
+        if verb == "pid":
             self.pid = int(arg)
             log.debug("manager of %s: pid %d", self.user.name, self.pid)
-        elif kind == "up":
-            self._services.append((arg, self._elapsed_ms()))
-        elif kind == "ready-exit":
+        elif verb == "up":
+            # Printed by the user's own ready config: counted while starting,
+            # once per name, and never more than a bounded list.
+            if (self.phase == "starting" and len(self._services) < MAX_SERVICES
+                    and all(arg != n for n, _ in self._services)):
+                self._services.append((arg, self._elapsed_ms()))
+        elif verb == "ready-exit":
             self._on_ready_exit(int(arg))
-        elif kind == "exit":
-            status = int(arg)
+        elif verb == "exit":
+            self._status = int(arg)
             self.pid = None
             if self.phase == "starting":
-                self._fail(f"the manager exited with status {status} before it was ready")
+                self._fail(f"the manager exited with status {self._status} before it was ready")
             elif self.phase == "ready":
-                log.warning("manager of %s exited with status %d", self.user.name, status)
-        elif kind == "error":
+                log.warning("manager of %s exited with status %d", self.user.name, self._status)
+        elif verb == "error":
             self._fail(arg)
-        return status
+        elif verb == "gone":
+            self._holder_done = True
 
     def _on_fifo(self) -> None:
         assert self._fifo_fd is not None
@@ -166,11 +194,11 @@ class Manager:
         done = not data or b"\0" in self._ready_buf or len(self._ready_buf) >= MAX_READY
         if not done:
             return
-        text = self._ready_buf.split(b"\0", 1)[0].decode(errors="replace").strip()
+        text = self._ready_buf.split(b"\0", 1)[0][:MAX_READY].decode(errors="replace").strip()
         self._close_fifo()
         os.unlink(os.path.join(self._dir, "ready"))
         log.debug("manager of %s: accepts commands (%r)", self.user.name, text)
-        self._send(f"ready {text}")
+        self._send("ready", text)
 
     def _on_ready_exit(self, code: int) -> None:
         if self.phase != "starting":
@@ -198,21 +226,68 @@ class Manager:
         self.events.manager_failed(self, reason)
         self.stop()
 
+    def _fail_to_start(self, reason: str) -> None:
+        log.error("manager of %s failed: %s", self.user.name, reason)
+        self.events.manager_failed(self, reason)
+        self._finish()
+
+    # -- the holder's end
+
+    def _holder_exited(self, status: int) -> None:
+        self._holder_pid = None
+        if self._channel is not None:
+            self._on_channel()  # what it said before it went
+        if self._holder_done:
+            self._finish()
+            return
+        # Killed (OOM, kill -9) or crashed: its manager is ours now.
+        log.error("the holder of %s's manager died (status %d): killing what is left of the "
+                  "manager; its PAM session could not be closed", self.user.name, status)
+        self._fail(f"the manager's holder died (status {status})")
+        self._cleanup = asyncio.get_running_loop().create_task(self._clean_up_after_holder())
+
+    async def _clean_up_after_holder(self) -> None:
+        try:
+            killed = await self.children.kill_orphans()
+            log.info("killed %d processes left by %s's manager", killed, self.user.name)
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.phase == "gone":
+            return
+        self._cancel_timer()
+        self._close_fifo()
+        self._close_channel()
+        shutil.rmtree(self._dir, ignore_errors=True)
+        self.phase = "gone"
+        self.pid = None
+        self.events.manager_gone(self, self._status)
+
     # -- plumbing
 
-    def _send(self, line: str) -> None:
-        holder = self._holder
-        if holder is None:
-            # The fifo can be written before the holder's start returns on a
-            # busy loop: keep the command for it rather than lose it.
-            self._queued.append(line)
+    def _send(self, verb: str, *fields: str) -> None:
+        self._send_packet(holderlink.encode(verb, *fields))
+
+    def _send_packet(self, packet: bytes) -> None:
+        """One message to the holder; a channel that cannot take it is an
+        error that ends the holder, never a message silently lost."""
+        try:
+            if self._channel is None:
+                raise ConnectionError("the channel is closed")
+            self._channel.send(packet)
             return
-        if holder.stdin is None or holder.stdin.is_closing():
-            log.error("manager of %s: cannot send %r, the holder's channel is closed",
-                      self.user.name, line)
-            self._fail("the holder's channel closed during the start")
-            return
-        holder.stdin.write(line.encode() + b"\n")
+        except BlockingIOError:
+            problem = "the holder does not read its channel"
+        except OSError as err:
+            if self.phase == "stopping":
+                return  # the holder is on its way out; its exit finishes us
+            problem = f"the holder's channel is closed ({err.strerror})"
+        verb = packet.split(b"\0", 1)[0].decode()
+        log.error("manager of %s: cannot send %r: %s", self.user.name, verb, problem)
+        if self._holder_pid is not None:  # not reaped yet: the pid is still its own
+            os.kill(self._holder_pid, signal.SIGKILL)
+        self._fail(problem)
 
     def _elapsed_ms(self) -> float:
         return round((time.monotonic() - self._t0) * 1000, 1)
@@ -228,8 +303,8 @@ class Manager:
             os.close(self._fifo_fd)
             self._fifo_fd = None
 
-
-def _holder_env() -> dict[str, str]:
-    """The holder's own environment: enough to import this very package."""
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": package_parent}
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            asyncio.get_running_loop().remove_reader(self._channel.fileno())
+            self._channel.close()
+            self._channel = None

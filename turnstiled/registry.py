@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import linger, rundir
+from .children import Children
 from .config import Config
 from .manager import Manager, ReadyReport
 from .protocol import Handshake
@@ -76,9 +77,10 @@ class Login:
 
 
 class Registry:
-    def __init__(self, config: Config, state: StateDir) -> None:
+    def __init__(self, config: Config, state: StateDir, children: Children) -> None:
         self.config = config
         self.state = state
+        self.children = children
         self.logins: dict[int, Login] = {}
         self.sessions: dict[str, Session] = {}
         self.failures: dict[int, tuple[float, str]] = {}
@@ -215,7 +217,7 @@ class Registry:
         login.state = "starting"
         login.since = time.time()
         self._check_foreign_rundir(login)
-        login.manager = Manager(self.config, login.user, login.rundir, self)
+        login.manager = Manager(self.config, login.user, login.rundir, self, self.children)
         login.manager.start()
         log.info("starting the %s manager of %s", self.config.backend, login.user.name)
 
@@ -274,6 +276,7 @@ class Registry:
         self._publish_login(login)
 
     def _end_login(self, login: Login) -> None:
+        self._cancel_stop_delay(login)
         del self.logins[login.user.uid]
         if login.rundir_managed:
             rundir.remove(login.rundir)
@@ -316,8 +319,9 @@ class Registry:
         login = self._login_of(manager)
         if login is None:
             return
+        wanted = bool(login.sessions) or self._keeps_manager(login)
         login.manager = None
-        if login.state == "ready":
+        if login.state == "ready" and wanted:
             self._restart_after_crash(login, status)
         elif login.start_again or (login.state == "stopping" and login.sessions):
             self._start(login)

@@ -1,0 +1,167 @@
+"""The daemon's children: one holder per running manager, and the remains of
+a holder that died.
+
+The daemon is a child subreaper. While a holder lives, whatever its manager
+leaves behind is re-parented to the holder (a subreaper too); only when a
+holder itself dies (the OOM killer, a stray kill -9) do its manager and
+services come to us. So every child of the daemon that is not a live holder
+is the remains of a dead holder's manager, and is killed: a manager must
+never outlive its holder, nor run beside its successor.
+
+One SIGCHLD handler on the loop reaps every child; holders' exits go to
+whoever spawned them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("turnstiled")
+
+PR_SET_CHILD_SUBREAPER = 36
+# Signals Python ignores that a spawned program must not inherit ignored.
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def become_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def wait_status(status: int) -> int:
+    """A shell-style exit status: the exit code, or 128 + the signal."""
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+
+def _ppids() -> dict[int, list[int]]:
+    """Every live process's children, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # After the parenthesised command name: state, ppid, ...
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if fields[0] != b"Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def _trees(roots: list[int], children: dict[int, list[int]]) -> set[int]:
+    found, todo = set(roots), list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def kill_orphans(keep: set[int], deadline: float) -> int:
+    """SIGKILLs every process below the daemon that is not below a pid in
+    keep (the live holders); returns how many. Stops the trees first, so
+    nothing forks its way out while we look."""
+    me = os.getpid()
+    stopped: set[int] = set()
+    while time.monotonic() < deadline:
+        children = _ppids()
+        roots = [p for p in children.get(me, []) if p not in keep]
+        members = _trees(roots, children) - stopped
+        if not members:
+            break
+        for pid in members:
+            _signal(pid, signal.SIGSTOP)
+        stopped |= members
+    for pid in stopped:
+        _signal(pid, signal.SIGKILL)
+        _signal(pid, signal.SIGCONT)
+    # Gone means dead: a zombie (ours to reap) no longer holds anything.
+    while time.monotonic() < deadline and any(_alive(pid) for pid in stopped):
+        time.sleep(0.005)
+    return len(stopped)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:][:1] != b"Z"
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+class Children:
+    """Spawns holders and reaps every child of the daemon."""
+
+    def __init__(self) -> None:
+        self._exits: dict[int, Callable[[int], None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        become_subreaper()
+        self._loop = loop
+        loop.add_signal_handler(signal.SIGCHLD, self.reap)
+
+    def spawn(self, path: str, channel: int, on_exit: Callable[[int], None]) -> int:
+        """Starts path with channel as its fd 3, stdin /dev/null, our stderr
+        as its stdout and stderr, in a session of its own."""
+        if channel == 3:  # dup2(3, 3) would leave close-on-exec set
+            moved = os.dup(channel)
+            try:
+                return self.spawn(path, moved, on_exit)
+            finally:
+                os.close(moved)
+        pid = os.posix_spawn(
+            path, [path], {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                          (os.POSIX_SPAWN_DUP2, 2, 1),
+                          (os.POSIX_SPAWN_DUP2, channel, 3)],
+            setsid=True, setsigdef=_RESET_SIGNALS)
+        self._exits[pid] = on_exit
+        return pid
+
+    def reap(self) -> None:
+        orphans_died = False
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            on_exit = self._exits.pop(pid, None)
+            if on_exit is None:
+                orphans_died = True
+                continue
+            on_exit(wait_status(status))
+        if orphans_died:
+            log.debug("reaped what a dead holder left behind")
+
+    async def kill_orphans(self, timeout: float = 5.0) -> int:
+        """Kills the remains of dead holders (off the loop: it walks /proc)."""
+        keep = set(self._exits)
+        deadline = time.monotonic() + timeout
+        return await asyncio.to_thread(kill_orphans, keep, deadline)
+
+    @property
+    def holders(self) -> int:
+        return len(self._exits)
