@@ -26,7 +26,7 @@ from .config import Config
 from .manager import Manager, ReadyReport
 from .protocol import Handshake
 from .statefiles import StateDir
-from .users import User, lookup_name
+from .users import User, lookup_name, lookup_uid
 
 log = logging.getLogger("turnstiled")
 
@@ -90,6 +90,13 @@ class Registry:
         self._emptied.set()
 
     # -- sessions (called by the server)
+
+    def user(self, uid: int) -> User | None:
+        """The password database's entry for uid. A logged-in user's is the
+        one read at their first login (as logind's user record): a second
+        login costs no group file scan."""
+        login = self.logins.get(uid)
+        return login.user if login is not None else lookup_uid(uid)
 
     def open_session(self, user: User, facts: Handshake, leader: int) -> Session:
         login = self.logins.get(user.uid)

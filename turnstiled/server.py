@@ -16,7 +16,6 @@ import struct
 from . import protocol
 from .protocol import MSG_ERR, MSG_OK_DONE, MSG_OK_WAIT, MSG_REQ_ENV, ProtocolError
 from .registry import LoginError, Registry
-from .users import lookup_uid
 
 log = logging.getLogger("turnstiled")
 
@@ -76,7 +75,7 @@ class ControlServer:
         if facts is None:
             log.debug("control: client pid %d closed without a word", pid)
             return
-        user = lookup_uid(facts.uid)
+        user = self.registry.user(facts.uid)
         if user is None:
             raise ProtocolError(f"uid {facts.uid} is not in the password database")
         try:
