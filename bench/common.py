@@ -1,0 +1,207 @@
+"""What the benchmarks share: a sandboxed daemon on the real libpam and the
+real module, throwaway users with runit services, and figures."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+from pamclient import PamLogin  # noqa: E402,F401  (the real libpam, service files of ours)
+
+MODULE = os.path.join(REPO, "pam", "pam_turnstile.so")
+HOLDER = os.path.join(REPO, "holder", "turnstiled-holder")
+# The manager's own session loads what a distribution's does.
+MANAGER_PAM = """auth sufficient pam_rootok.so
+account required pam_permit.so
+session optional pam_keyinit.so force revoke
+session optional pam_umask.so usergroups umask=022
+session required pam_limits.so
+"""
+
+
+def write(path: str, text: str, mode: int = 0o644) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+
+
+def figures(name: str, samples: list[float]) -> None:
+    """median and max of samples in seconds, printed in ms."""
+    ms = [s * 1000 for s in samples]
+    print(f"{name:<38} median {statistics.median(ms):7.1f} ms   max {max(ms):7.1f} ms"
+          f"   (n={len(ms)})", flush=True)
+
+
+def distribution(name: str, samples: list[float]) -> None:
+    """min, median, p90, p99 and max of samples in seconds, printed in ms."""
+    ms = sorted(s * 1000 for s in samples)
+    if not ms:
+        print(f"{name}: no samples", flush=True)
+        return
+
+    def pct(p: float) -> float:
+        return ms[min(len(ms) - 1, int(p * len(ms)))]
+
+    print(f"{name:<30} min {ms[0]:7.1f}  median {statistics.median(ms):7.1f}  "
+          f"p90 {pct(0.9):7.1f}  p99 {pct(0.99):7.1f}  max {ms[-1]:7.1f} ms  (n={len(ms)})",
+          flush=True)
+
+
+def pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Sandbox:
+    """A daemon whose sockets, state, runtime dirs and PAM files all live in
+    a temporary directory; /etc/pam.d is never touched."""
+
+    def __init__(self, backend: str, config: str = "", dinit_path: str = "") -> None:
+        self.backend = backend
+        self.top = top = tempfile.mkdtemp(prefix="turnstiled-bench.")
+        os.chmod(top, 0o755)
+        self.daemon: subprocess.Popen | None = None
+        # Sockets, state and runtime dirs on a tmpfs, as /run is on a real
+        # system (a disk file system's renames would dominate the figures).
+        self.run = run = f"{top}/run"
+        os.mkdir(run, 0o755)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=256m", "tmpfs", run],
+                       check=True)
+        write(f"{top}/etc/turnstiled.conf", f"""backend = {backend}
+backend_dir = {top}/backends
+holder_path = {HOLDER}
+socket_path = {run}/control.sock
+admin_socket_path = {run}/admin.sock
+state_dir = {run}/state
+linger_dir = {top}/linger
+rundir_path = {run}/user/%u
+pam_dir = {top}/pam.d
+user_stop_delay = 0
+{config}""")
+        shutil.copytree(os.path.join(REPO, "backends"), f"{top}/backends")
+        os.makedirs(f"{top}/etc/backend")
+        for conf in ("runit.conf", "dinit.conf"):
+            shutil.copy(os.path.join(REPO, "backends", conf), f"{top}/etc/backend/")
+        if dinit_path:
+            with open(f"{top}/etc/backend/dinit.conf", "a") as f:
+                f.write(f'dinit_path="{dinit_path}"\n')
+        write(f"{top}/pam.d/turnstiled", MANAGER_PAM)
+        write(f"{top}/pam.d/login", "auth required pam_permit.so\n"
+              "account required pam_permit.so\n"
+              f"session required {MODULE} socket={run}/control.sock\n"
+              "session required pam_permit.so\n")
+        subprocess.run(["chmod", "-R", "a+rX", top], check=True)
+
+    @property
+    def confdir(self) -> str:
+        return f"{self.top}/pam.d"
+
+    def start(self) -> None:
+        log = open(f"{self.top}/daemon.log", "w")
+        self.daemon = subprocess.Popen(
+            [sys.executable, "-m", "turnstiled", "-c", f"{self.top}/etc/turnstiled.conf"],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(f"{self.run}/control.sock"):
+            if time.monotonic() > deadline or self.daemon.poll() is not None:
+                raise SystemExit("the daemon did not start; see " + log.name)
+            time.sleep(0.02)
+
+    def state(self, uid: int) -> str | None:
+        """The STATE of a user's published state, None when there is none."""
+        try:
+            with open(f"{self.run}/state/users/{uid}") as f:
+                for line in f:
+                    if line.startswith("STATE="):
+                        return line[6:].strip()
+        except FileNotFoundError:
+            return None
+        return ""
+
+    def wait_state(self, uid: int, want: str | None, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.state(uid) != want:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"uid {uid}: state {self.state(uid)!r}, wanted {want!r}")
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(30)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait(5)
+
+    def remove(self) -> None:
+        self.stop()
+        subprocess.run(["umount", "-l", self.run], check=False)
+        shutil.rmtree(self.top, ignore_errors=True)
+
+
+def uid_processes(uid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def runit_services(home: str, uid: int, gid: int, core: int) -> None:
+    """core trivial core services s1..sN in home's ~/.config/service."""
+    svc = os.path.join(home, ".config", "service")
+    shutil.rmtree(svc, ignore_errors=True)
+    for i in range(1, core + 1):
+        write(f"{svc}/s{i}/run", "#!/bin/sh\nexec sleep infinity\n", 0o755)
+    write(f"{svc}/turnstile-ready/conf",
+          f'core_services="{" ".join(f"s{i}" for i in range(1, core + 1))}"\n')
+    subprocess.run(["chown", "-R", f"{uid}:{gid}", os.path.join(home, ".config")], check=True)
+
+
+@contextlib.contextmanager
+def throwaway_users(count: int, prefix: str = "tsdb") -> Iterator[list[pwd.struct_passwd]]:
+    """count new users, removed with their homes and processes afterwards."""
+    tag = secrets.token_hex(3)
+    made: list[pwd.struct_passwd] = []
+    try:
+        for i in range(count):
+            name = f"{prefix}{tag}{i}"
+            subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True)
+            made.append(pwd.getpwnam(name))
+        yield made
+    finally:
+        for pw in made:
+            for _ in range(50):
+                pids = uid_processes(pw.pw_uid)
+                if not pids:
+                    break
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.05)
+            subprocess.run(["userdel", "-r", pw.pw_name], capture_output=True)
