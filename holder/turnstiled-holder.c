@@ -693,6 +693,12 @@ static void on_command(void)
         n = 0;
     }
     if (n == 0) {
+        /* A zero-length packet reads as 0 too; only a hung-up peer is EOF. */
+        struct pollfd pfd = {.fd = CHANNEL, .events = POLLRDHUP};
+        if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+            say("an empty message ignored");
+            return;
+        }
         say("turnstiled is gone: stopping the manager");
         channel_open = 0;
         begin_stop();

@@ -6,7 +6,7 @@ set -eu
 
 VENV=${VENV:-/opt/turnstiled-venv}
 PACKAGES="gcc make libc6-dev libpam0g-dev runit pamtester libpam-wrapper python3 python3-venv
-          dbus-daemon"
+          dbus-daemon valgrind"
 
 missing=""
 for p in $PACKAGES; do
