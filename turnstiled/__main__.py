@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import logging
 import sys
 
-from . import __version__, config, daemon
-from . import log as logsetup
+# asyncio imports ssl when it can: OpenSSL would cost the daemon, which
+# never speaks TLS, about 3.5 MB of memory for its whole life.
+sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+
+from . import __version__, config, daemon  # noqa: E402
+from . import log as logsetup  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
