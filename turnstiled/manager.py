@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import socket
 import time
@@ -23,6 +22,7 @@ from typing import Protocol
 from . import holderlink
 from .children import Children
 from .config import Config
+from .rundir import remove as remove_tree
 from .users import User
 
 log = logging.getLogger("turnstiled")
@@ -125,7 +125,7 @@ class Manager:
         """The fifo (written by the user's side) and the backend's srvdir."""
         u = self.user
         os.makedirs(os.path.dirname(self._dir), mode=0o755, exist_ok=True)
-        shutil.rmtree(self._dir, ignore_errors=True)
+        remove_tree(self._dir)
         os.mkdir(self._dir, 0o755)
         fifo = os.path.join(self._dir, "ready")
         os.mkfifo(fifo, 0o600)
@@ -259,7 +259,7 @@ class Manager:
         self._cancel_timer()
         self._close_fifo()
         self._close_channel()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        remove_tree(self._dir)
         self.phase = "gone"
         self.pid = None
         self.events.manager_gone(self, self._status)

@@ -88,6 +88,7 @@ class Registry:
         self._next_id = 1
         self._emptied = asyncio.Event()
         self._emptied.set()
+        self._removals: set[asyncio.Future] = set()
 
     # -- sessions (called by the server)
 
@@ -286,11 +287,24 @@ class Registry:
         self._cancel_stop_delay(login)
         del self.logins[login.user.uid]
         if login.rundir_managed:
-            rundir.remove(login.rundir)
+            self._remove_rundir(login.rundir)
         self.state.remove_user(login.user.uid)
         log.info("login of %s ended", login.user.name)
         if not self.logins:
             self._emptied.set()
+
+    def _remove_rundir(self, path: str) -> None:
+        # Its contents are the user's: however many files they made, the
+        # removal must not hold the loop (and so everyone else's logins).
+        try:
+            dead = rundir.retire(path)
+        except OSError as err:
+            log.error("cannot remove the runtime directory %s: %s", path, err.strerror)
+            return
+        if dead is not None:
+            task = asyncio.get_running_loop().run_in_executor(None, rundir.remove, dead)
+            self._removals.add(task)
+            task.add_done_callback(self._removals.discard)
 
     # -- manager events (turnstiled.manager.ManagerEvents)
 
@@ -368,6 +382,8 @@ class Registry:
         except TimeoutError:
             log.error("shutdown: %d user managers still running after %g s",
                       len(self.logins), timeout)
+        if self._removals:
+            await asyncio.wait(self._removals, timeout=timeout)
 
     # -- published state
 

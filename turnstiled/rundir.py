@@ -8,8 +8,8 @@ that a non-root user owns or may write to is refused (they could swap entries).
 from __future__ import annotations
 
 import errno
+import itertools
 import os
-import shutil
 import stat
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -76,8 +76,26 @@ def make(path: str, uid: int, gid: int) -> None:
         os.close(parent)
 
 
+def retire(path: str) -> str | None:
+    """Renames path out of the way (a hidden sibling, in one rename) and
+    returns the new name for remove(); a new Login of the same user may
+    make path afresh at once. None when there is nothing to remove."""
+    parent, name = os.path.split(path)
+    dead = os.path.join(parent, f".{name}.removing.{os.getpid()}.{next(_retired)}")
+    try:
+        os.rename(path, dead)
+    except FileNotFoundError:
+        return None
+    return dead
+
+
+_retired = itertools.count()
+
+
 def remove(path: str) -> None:
-    """Removes path and everything in it, never following a symlink."""
+    """Removes path and everything in it, never following a symlink.
+
+    Its size is the user's to choose: call it off the event loop."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -85,5 +103,19 @@ def remove(path: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(path)
         return
-    # rmtree walks by fd on Linux (rmtree.avoids_symlink_attacks).
-    shutil.rmtree(path, ignore_errors=True)
+    # fwalk walks by directory fd and never into a symlink, so nothing
+    # planted in the tree can redirect a removal elsewhere.
+    for _, dirs, files, dirfd in os.fwalk(path, topdown=False):
+        for name in files:
+            _quietly(os.unlink, name, dir_fd=dirfd)
+        for name in dirs:
+            _quietly(os.rmdir, name, dir_fd=dirfd)
+            _quietly(os.unlink, name, dir_fd=dirfd)  # a symlink to a directory
+    _quietly(os.rmdir, path)
+
+
+def _quietly(op, *args, **kwargs) -> None:
+    try:
+        op(*args, **kwargs)
+    except OSError:
+        pass
