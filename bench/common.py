@@ -19,7 +19,9 @@ from collections.abc import Iterator
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-from pamclient import PamLogin  # noqa: E402,F401  (the real libpam, service files of ours)
+# The tests' login client (the real libpam, service files of ours) and bursts.
+from burst import OK, Burst, CpuHog, tally  # noqa: E402,F401
+from pamclient import PamLogin  # noqa: E402,F401
 
 MODULE = os.path.join(REPO, "pam", "pam_turnstile.so")
 HOLDER = os.path.join(REPO, "holder", "turnstiled-holder")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import time
 
@@ -14,17 +15,23 @@ from pamclient import PamLogin
 OK, NO_RUNDIR, FAILED = 0, 2, 3
 
 
+# A report: the code, and how long pam_open_session took in seconds; one
+# write below PIPE_BUF, so reports never interleave.
+_REPORT = struct.Struct("=Bd")
+
+
 def _child(service: str, user: str, confdir: str, report: int, hold: int) -> None:
     """One login program: open a session, report, hold it until told, close."""
     code = FAILED
     try:
         with PamLogin(service, user, confdir) as pam:
+            t0 = time.monotonic()
             try:
                 env = pam.open()
                 code = OK if env.get("XDG_RUNTIME_DIR") else NO_RUNDIR
             except Exception:
                 code = FAILED
-            os.write(report, bytes([code]))
+            os.write(report, _REPORT.pack(code, time.monotonic() - t0))
             os.read(hold, 1)
             if code == OK:
                 pam.close()
@@ -40,6 +47,7 @@ class Burst:
         report_r, report_w = os.pipe()
         hold_r, hold_w = os.pipe()
         self.children: list[int] = []
+        self.latencies: list[float] = []
         for name in users:
             pid = os.fork()
             if pid == 0:
@@ -52,15 +60,20 @@ class Burst:
         self._report, self._hold = report_r, hold_w
 
     def wait(self, timeout: float) -> bytes:
-        """The children's codes, as they arrive, until all or timeout."""
-        codes = b""
+        """The children's codes, as they arrive, until all or timeout; each
+        login's time to pam_open_session's return goes to `latencies`."""
+        raw = b""
+        want = len(self.children) * _REPORT.size
         deadline = time.monotonic() + timeout
-        while len(codes) < len(self.children) and time.monotonic() < deadline:
-            chunk = os.read(self._report, len(self.children))
+        while len(raw) < want and time.monotonic() < deadline:
+            chunk = os.read(self._report, want - len(raw))
             if not chunk:
                 break
-            codes += chunk
-        return codes
+            raw += chunk
+        reports = [_REPORT.unpack_from(raw, i)
+                   for i in range(0, len(raw) - _REPORT.size + 1, _REPORT.size)]
+        self.latencies = [seconds for _, seconds in reports]
+        return bytes(code for code, _ in reports)
 
     def release(self) -> None:
         os.close(self._hold)  # every child closes its session and exits

@@ -1,0 +1,102 @@
+"""What the root side costs per logged-in user.
+
+    bench/scale.py [--users 40] [--backend runit|none]
+
+Starts a sandboxed daemon, measures the root side idle (PSS summed over the
+daemon and every root process below it: the holders), logs in N distinct
+users with one session each (one trivial core service each) and measures
+again. The users' own managers and services are not counted: they are the
+users'. Per-process cost is Pss from /proc/PID/smaps_rollup. Run as root;
+it creates and removes the users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from common import (OK, Burst, Sandbox, pss_kb, runit_services, tally, throwaway_users,
+                    uid_processes)
+
+
+def root_side(daemon_pid: int) -> dict[int, int]:
+    """pid -> PSS kB of the daemon and of every root process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+            uid = os.stat(f"/proc/{entry}").st_uid
+        except OSError:
+            continue
+        if uid == 0:
+            ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [daemon_pid], [daemon_pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return {pid: pss_kb(pid) for pid in found}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--users", type=int, default=40)
+    parser.add_argument("--backend", default="runit", choices=["runit", "none"])
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/scale.py needs root")
+        return 1
+    n = args.users
+    sb = Sandbox(args.backend, config="login_timeout = 60\n")
+    try:
+        with throwaway_users(n) as users:
+            for u in users:
+                runit_services(u.pw_dir, u.pw_uid, u.pw_gid, 1)
+            sb.start()
+            time.sleep(1.5)  # settled, and runsvdir's one-second edit guard passed
+            assert sb.daemon is not None
+            idle = root_side(sb.daemon.pid)
+            idle_total = sum(idle.values())
+            burst = Burst("login", [u.pw_name for u in users], sb.confdir)
+            try:
+                codes = burst.wait(120)
+                for u in users:
+                    sb.wait_state(u.pw_uid, "ready", 30)
+                time.sleep(1)
+                held = root_side(sb.daemon.pid)
+                total = sum(held.values())
+                holders = {p: kb for p, kb in held.items() if p != sb.daemon.pid}
+                print(f"backend {args.backend}, {n} users, one session each "
+                      f"({tally(codes)}; {codes.count(OK)} ok)")
+                print(f"root side idle (daemon alone)      {idle_total / 1024:8.2f} MB")
+                print(f"root side at {n} users             {total / 1024:8.2f} MB")
+                print(f"  daemon                            {held[sb.daemon.pid] / 1024:8.2f} MB")
+                if holders:
+                    print(f"  holders: {len(holders)}, each          "
+                          f"{sum(holders.values()) / len(holders):8.0f} kB")
+                print(f"per user ((total - idle) / {n})      "
+                      f"{(total - idle_total) / n:8.0f} kB")
+            finally:
+                burst.release()
+            t0 = time.monotonic()
+            for u in users:
+                sb.wait_state(u.pw_uid, None, 60)
+            deadline = time.monotonic() + 30
+            while any(uid_processes(u.pw_uid) for u in users) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            left = sum(len(uid_processes(u.pw_uid)) for u in users)
+            print(f"all logged out: every manager gone after {time.monotonic() - t0:.2f} s"
+                  f" ({left} user processes left)")
+        return 0
+    finally:
+        sb.remove()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
