@@ -17,8 +17,7 @@ import os
 import sys
 import time
 
-from common import (OK, Burst, Sandbox, pss_kb, runit_services, tally, throwaway_users,
-                    uid_processes)
+from common import OK, Burst, Sandbox, pss_kb, runit_services, tally, throwaway_users, uid_processes
 
 
 def root_side(daemon_pid: int) -> dict[int, int]:
