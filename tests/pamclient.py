@@ -66,6 +66,55 @@ def confdir_pam_start(confdir: str | os.PathLike) -> Callable[..., int]:
     return pam_start
 
 
+# The conversation after authentication: python-pam's own dies with
+# authenticate(), but libpam keeps calling whatever is set (pam_exec's
+# `stdout`, pam_motd ...). This one lives as long as the module, prints
+# messages as a login program would and answers no prompt.
+PAM_CONV = 5
+PAM_ERROR_MSG = 3
+PAM_TEXT_INFO = 4
+
+
+class _Message(ctypes.Structure):
+    _fields_ = [("msg_style", ctypes.c_int), ("msg", ctypes.c_char_p)]
+
+
+class _Response(ctypes.Structure):
+    _fields_ = [("resp", ctypes.c_char_p), ("resp_retcode", ctypes.c_int)]
+
+
+_CONV = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.POINTER(_Message)),
+                         ctypes.POINTER(ctypes.POINTER(_Response)), ctypes.c_void_p)
+
+
+class _Conv(ctypes.Structure):
+    _fields_ = [("conv", _CONV), ("appdata_ptr", ctypes.c_void_p)]
+
+
+_libc = ctypes.CDLL(None)
+_libc.calloc.restype = ctypes.c_void_p
+_libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+
+
+@_CONV
+def _printing_conv(count, messages, responses, appdata):
+    block = _libc.calloc(max(count, 1), ctypes.sizeof(_Response))
+    if not block:
+        return 5  # PAM_BUF_ERR
+    for i in range(count):
+        m = messages[i].contents
+        if m.msg_style in (PAM_ERROR_MSG, PAM_TEXT_INFO) and m.msg:
+            print(m.msg.decode(errors="replace"), flush=True)
+    responses[0] = ctypes.cast(block, ctypes.POINTER(_Response))
+    return 0
+
+
+_PRINTING = _Conv(_printing_conv, None)
+_set_conv = _libpam["pam_set_item"]  # its own prototype: the item is a struct here
+_set_conv.restype = ctypes.c_int
+_set_conv.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+
+
 class PamFailure(Exception):
     """A PAM call failed; `code` is libpam's return code, `stage` the call."""
 
@@ -164,6 +213,7 @@ class PamLogin:
             reason = str(a.reason)
             self.end()
             raise PamFailure("pam_authenticate", a.code, reason)
+        _set_conv(ctypes.c_void_p(self.handle), PAM_CONV, ctypes.byref(_PRINTING))
         try:
             self.set_item(PAM_TTY, None)
             self.set_item(PAM_XDISPLAY, None)
