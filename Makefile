@@ -29,6 +29,8 @@ test: setup all
 
 bench: setup all
 	$(PYTHON) bench/login.py
+	$(PYTHON) bench/scale.py
+	$(PYTHON) bench/burst.py
 
 clean:
 	rm -f pam/pam_turnstile.so holder/turnstiled-holder

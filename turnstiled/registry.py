@@ -203,9 +203,13 @@ class Registry:
         path = self.config.rundir_for(user.uid, user.gid)
         if self.config.manage_rundir:
             try:
-                rundir.make(path, user.uid, user.gid)
+                stale = rundir.make(path, user.uid, user.gid)
             except rundir.RundirError as err:
                 raise LoginError(f"cannot make the runtime directory: {err}") from None
+            if stale is not None:
+                log.warning("%s was there before %s's login: not adopted, replaced", path,
+                            user.name)
+                self._remove_in_background(stale)
         login = Login(user, path, self.config.manage_rundir)
         self.logins[user.uid] = login
         self._emptied.clear()
@@ -302,9 +306,12 @@ class Registry:
             log.error("cannot remove the runtime directory %s: %s", path, err.strerror)
             return
         if dead is not None:
-            task = asyncio.get_running_loop().run_in_executor(None, rundir.remove, dead)
-            self._removals.add(task)
-            task.add_done_callback(self._removals.discard)
+            self._remove_in_background(dead)
+
+    def _remove_in_background(self, path: str) -> None:
+        task = asyncio.get_running_loop().run_in_executor(None, rundir.remove, path)
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
 
     # -- manager events (turnstiled.manager.ManagerEvents)
 

@@ -52,19 +52,23 @@ def _open_parent(path: str) -> tuple[int, str]:
     return fd, parts[-1]
 
 
-def make(path: str, uid: int, gid: int) -> None:
-    """Creates path as a 0700 directory owned by uid:gid (kept if already right)."""
+def make(path: str, uid: int, gid: int) -> str | None:
+    """Creates path as a fresh 0700 directory owned by uid:gid.
+
+    Whatever is already at path was not made by us for this Login (ours is
+    removed when the Login ends): another user may have planted it, with a
+    socket named `bus` inside, in a parent anyone may write to. It is never
+    adopted: it is renamed aside, and its new name returned for remove()."""
     parent, name = _open_parent(path)
+    stale = None
     try:
         try:
             os.mkdir(name, 0o700, dir_fd=parent)
         except FileExistsError:
-            pass
-        try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        except OSError as err:
-            raise RundirError(f"{path}: exists and is not a directory "
-                              f"({err.strerror})") from None
+            stale = f".{name}.stale.{os.getpid()}.{next(_retired)}"
+            os.rename(name, stale, src_dir_fd=parent, dst_dir_fd=parent)
+            os.mkdir(name, 0o700, dir_fd=parent)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
         try:
             os.fchown(fd, uid, gid)
             os.fchmod(fd, 0o700)
@@ -74,6 +78,7 @@ def make(path: str, uid: int, gid: int) -> None:
         raise RundirError(f"{path}: {err.strerror}") from None
     finally:
         os.close(parent)
+    return None if stale is None else os.path.join(os.path.dirname(path), stale)
 
 
 def retire(path: str) -> str | None:
