@@ -23,7 +23,9 @@
  *                       separated gids), user, home, shell, rundir (may be
  *                       empty), backend (absolute path), fifo, srvdir,
  *                       confdir, pam_service (empty: no PAM session),
- *                       pam_dir (empty: /etc/pam.d), stop_timeout (ms)
+ *                       pam_dir (empty: /etc/pam.d), stop_timeout (ms),
+ *                       nofile (the soft descriptor limit the manager
+ *                       starts with, before PAM's limits; 0: as inherited)
  *   ready STRING        run `BACKEND ready STRING`, once
  *   stop                run `BACKEND stop PID`; SIGKILL what is left after
  *                       stop_timeout
@@ -60,6 +62,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -85,6 +88,7 @@ struct spec {
     const char *user, *home, *shell, *rundir, *backend, *fifo, *srvdir, *confdir;
     const char *pam_service, *pam_dir;
     long stop_timeout_ms;
+    unsigned long nofile;
 };
 
 static struct spec spec;
@@ -218,9 +222,10 @@ static int parse_groups(const char *text)
 /* Fills spec from a start packet's fields; the message says what is wrong. */
 static const char *parse_start(char *fields, size_t len)
 {
-    const char *uid = NULL, *gid = NULL, *groups = NULL, *timeout = NULL;
+    const char *uid = NULL, *gid = NULL, *groups = NULL, *timeout = NULL, *nofile = NULL;
     struct { const char *key; const char **slot; } keys[] = {
         {"uid", &uid}, {"gid", &gid}, {"groups", &groups}, {"stop_timeout", &timeout},
+        {"nofile", &nofile},
         {"user", &spec.user}, {"home", &spec.home}, {"shell", &spec.shell},
         {"rundir", &spec.rundir}, {"backend", &spec.backend}, {"fifo", &spec.fifo},
         {"srvdir", &spec.srvdir}, {"confdir", &spec.confdir},
@@ -255,6 +260,8 @@ static const char *parse_start(char *fields, size_t len)
     if (parse_id(timeout, &v))
         return "start: bad stop_timeout";
     spec.stop_timeout_ms = (long)v;
+    if (parse_id(nofile, &spec.nofile))
+        return "start: bad nofile";
     if (spec.backend[0] != '/')
         return "start: backend is not an absolute path";
     if (!*spec.user || !*spec.home)
@@ -824,6 +831,14 @@ int main(void)
         send_event("error", problem);
         send_event("gone", NULL);
         return 1;
+    }
+    /* The daemon raised its own descriptor limit; the user's manager
+     * starts from the usual one, which the PAM session may then set. */
+    struct rlimit rl;
+    if (spec.nofile && !getrlimit(RLIMIT_NOFILE, &rl)) {
+        rl.rlim_cur = spec.nofile < rl.rlim_max ? spec.nofile : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl))
+            say("setrlimit(RLIMIT_NOFILE): %s", strerror(errno));
     }
     char **pam_env;
     problem = open_session(&pam_env);

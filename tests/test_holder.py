@@ -168,7 +168,7 @@ class Setup:
             "shell": "/bin/sh", "rundir": f"/run/user/{u.uid}", "backend": self.backend,
             "fifo": self.sandbox / "fifo", "srvdir": self.sandbox / "srv",
             "confdir": self.sandbox / "conf", "pam_service": "mgr", "pam_dir": self.pam_dir,
-            "stop_timeout": 2000,
+            "stop_timeout": 2000, "nofile": 1024,
         }
         spec.update(overrides)
         return spec
@@ -202,7 +202,7 @@ def setup(sandbox, test_user):
 
 def test_run_ready_and_stop_as_the_user_in_one_clean_environment(setup, holders, test_user):
     u = test_user
-    h = setup.start(holders, groups=f"{u.gid},4242,4243")
+    h = setup.start(holders, groups=f"{u.gid},4242,4243", nofile=777)
     verb, pid = h.event()
     assert verb == "pid", (verb, pid, h.log())
     pid = int(pid)
@@ -215,6 +215,9 @@ def test_run_ready_and_stop_as_the_user_in_one_clean_environment(setup, holders,
     assert sorted(os.listdir(f"/proc/{pid}/fd")) == ["0", "1", "2"]
     assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
     assert os.getsid(pid) == pid, "run is not in a session of its own"
+    with open(f"/proc/{pid}/limits") as f:
+        nofile = next(line for line in f if line.startswith("Max open files")).split()
+    assert nofile[3] == "777", nofile  # the daemon's raised limit is not the user's
     assert (setup.out / "run.cwd").read_text().strip() == u.home
     assert (setup.out / "run.args").read_text().split() == [
         "run", str(setup.sandbox / "fifo"), str(setup.sandbox / "srv"),

@@ -3,6 +3,7 @@ processes against the real daemon, while another user logs in."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -98,3 +99,137 @@ def test_a_flood_of_up_lines_does_not_grow_the_daemon(daemon, test_users, pam_mo
         pam.close()
     assert wait_for(lambda: not procs_of(user.uid), 15), procs_of(user.uid)
     assert len(d.log()) < 1_000_000
+
+
+_HOLD_CONNECTIONS = """\
+import os, select, socket, sys, time
+path, count = sys.argv[1], int(sys.argv[2])
+held = []
+for _ in range(count):
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+    except OSError:
+        break
+    held.append(s)
+time.sleep(1.0)  # the daemon has had time to turn the extra ones away
+open_ = 0
+for s in held:
+    try:
+        open_ += s.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        open_ += 1
+    except OSError:
+        pass
+print(open_, flush=True)
+sys.stdin.read()  # hold them until told
+"""
+
+
+def _login_time(d, user) -> float:
+    t0 = time.monotonic()
+    with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
+        pam.open(timeout=20)
+        pam.close()
+    return time.monotonic() - t0
+
+
+def test_a_user_holding_connections_cannot_starve_logins(daemon, test_users, pam_module):
+    victim, attacker = test_users[0], test_users[1]
+    d = daemon()
+    with open(f"/proc/{d.pid}/limits") as f:
+        soft = int(next(line for line in f if line.startswith("Max open files")).split()[3])
+    assert soft >= 4096, soft  # raised, as daemons do
+    holders = []
+    try:
+        for path in (d.admin_socket_path, d.socket_path):
+            p = subprocess.Popen(["setpriv", f"--reuid={attacker.uid}",
+                                  f"--regid={attacker.gid}", "--init-groups",
+                                  "/usr/bin/python3", "-c", _HOLD_CONNECTIONS, path, "1500"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            holders.append(p)
+        admin_open = int(holders[0].stdout.readline())
+        control_open = int(holders[1].stdout.readline())
+        assert admin_open <= 16, admin_open
+        assert control_open <= 4, control_open
+        assert _login_time(d, victim) < 1.0
+    finally:
+        for p in holders:
+            p.kill()
+            p.wait(10)
+    log = d.log()
+    assert len(log) < 100_000, len(log)
+    assert "Traceback" not in log
+
+
+def test_a_client_that_never_reads_is_dropped(daemon, test_users, pam_module):
+    victim, attacker = test_users[0], test_users[1]
+    d = daemon()
+    flood = subprocess.Popen(
+        ["setpriv", f"--reuid={attacker.uid}", f"--regid={attacker.gid}", "--init-groups",
+         "/usr/bin/python3", "-c",
+         "import socket, sys, time\n"
+         "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(30)\n"
+         "req = b'{\"cmd\": \"list-sessions\"}\\n' * 1000\n"
+         "t0 = time.monotonic()\n"
+         "try:\n"
+         "    while time.monotonic() - t0 < 25: s.sendall(req)\n"
+         "except OSError: print('dropped after %.1f s' % (time.monotonic() - t0))\n",
+         d.admin_socket_path], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        assert _login_time(d, victim) < 1.0
+        out, _ = flood.communicate(timeout=40)
+    finally:
+        flood.kill()
+        flood.wait(5)
+    assert out.startswith("dropped after"), out
+    with open(f"/proc/{d.pid}/status") as f:
+        rss = int(next(line for line in f if line.startswith("VmRSS")).split()[1])
+    assert rss < 100_000, rss
+
+
+def _admin(d, line: bytes, user=None) -> dict:
+    code = ("import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(20)\n"
+            "s.sendall(sys.stdin.buffer.read())\n"
+            "out = b''\n"
+            "while not out.endswith(b'\\n'):\n"
+            "    chunk = s.recv(65536)\n"
+            "    if not chunk: break\n"
+            "    out += chunk\n"
+            "sys.stdout.buffer.write(out)\n")
+    argv = ["/usr/bin/python3", "-c", code, d.admin_socket_path]
+    if user is not None:
+        argv = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", *argv]
+    out = subprocess.run(argv, input=line, capture_output=True, timeout=30)
+    return json.loads(out.stdout)
+
+
+def test_odd_admin_requests_get_clear_errors(daemon, test_users):
+    attacker = test_users[1]
+    d = daemon()
+    cases = [
+        (b'{"cmd": "show-user", "args": {"user": "\\u00b2"}}\n', "not-found"),
+        (b'{"cmd": "show-user", "args": {"user": true}}\n', "bad-request"),
+        (b'{"cmd": "show-user", "args": {"user": 99999999999999999999}}\n', "not-found"),
+        (b'{"cmd": "show-user", "args": {"user": -1}}\n', "not-found"),
+        (b'{"cmd": "show-session", "args": {"id": [1]}}\n', "bad-request"),
+        (b"[" * 50000 + b"\n", "bad-request"),
+    ]
+    for line, status in cases:
+        reply = _admin(d, line, user=attacker)
+        assert reply["ok"] is False and reply["status"] == status, (line[:60], reply)
+    many = [f"u{i}" for i in range(21000)]
+    line = json.dumps({"cmd": "enable-linger", "args": {"users": many}}).encode() + b"\n"
+    assert len(line) < 64 * 1024 * 4
+    t0 = time.monotonic()
+    reply = _admin(d, line[:64 * 1024 - 2] + b"\n", user=attacker)
+    assert reply["ok"] is False
+    small = json.dumps({"cmd": "enable-linger", "args": {"users": many[:5000]}}).encode()
+    reply = _admin(d, small + b"\n", user=attacker)
+    assert reply["status"] == "refused", reply
+    reply = _admin(d, small + b"\n")
+    assert reply["status"] == "bad-request", reply
+    assert time.monotonic() - t0 < 3
+    assert "Traceback" not in d.log()

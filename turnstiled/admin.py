@@ -9,6 +9,7 @@ SO_PEERCRED, never from what it says.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -16,15 +17,25 @@ import time
 
 from . import __version__, linger
 from .registry import Login, Registry, Session
-from .server import peer_credentials
+from .server import RateLimitedLog, peer_credentials
 from .users import User, lookup_name, lookup_uid
 
 log = logging.getLogger("turnstiled")
+_limited = RateLimitedLog()
 
 VERSION = 1
 MAX_REQUEST = 64 * 1024
 # Clients waiting for more than this between requests are dropped.
 IDLE_TIMEOUT = 60.0
+# A client that does not read its replies for this long is dropped.
+WRITE_TIMEOUT = 10.0
+# Open connections a non-root user may hold, and all users together: the
+# socket is everyone's, the daemon's descriptors are the logins'.
+MAX_CONNECTIONS_PER_USER = 16
+MAX_CONNECTIONS = 512
+# Most users one linger request may name.
+MAX_USERS_PER_REQUEST = 256
+MAX_UID = 2**32 - 2
 
 
 class RequestError(Exception):
@@ -49,9 +60,14 @@ class AdminServer:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.config = registry.config
+        self.connections: collections.Counter[int] = collections.Counter()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _, peer_uid, _ = peer_credentials(writer.get_extra_info("socket"))
+        if self._over_capacity(peer_uid):
+            writer.transport.abort()
+            return
+        self.connections[peer_uid] += 1
         try:
             while True:
                 try:
@@ -66,13 +82,30 @@ class AdminServer:
                     return
                 await self._reply(writer, self.dispatch(line, peer_uid))
         except (TimeoutError, ConnectionError):
-            pass
+            writer.transport.abort()  # what it did not read is dropped with it
         finally:
+            self.connections[peer_uid] -= 1
+            if not self.connections[peer_uid]:
+                del self.connections[peer_uid]
             writer.close()
+
+    def _over_capacity(self, peer_uid: int) -> bool:
+        if peer_uid == 0:
+            return False  # root is the admin; the control socket is root's anyway
+        if self.connections[peer_uid] >= MAX_CONNECTIONS_PER_USER:
+            _limited.note(f"admin: uid {peer_uid} holds {MAX_CONNECTIONS_PER_USER} "
+                          "connections; refusing more")
+            return True
+        if self.connections.total() >= MAX_CONNECTIONS:
+            _limited.note(f"admin: {MAX_CONNECTIONS} connections open; refusing more")
+            return True
+        return False
 
     async def _reply(self, writer: asyncio.StreamWriter, reply: dict) -> None:
         writer.write(json.dumps(reply).encode() + b"\n")
-        await writer.drain()
+        # A client that sends and never reads would hold its replies (and
+        # us) forever: drain() is bounded like the read.
+        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
 
     def dispatch(self, line: bytes, peer_uid: int) -> dict:
         try:
@@ -80,6 +113,8 @@ class AdminServer:
                 req = json.loads(line)
             except (ValueError, UnicodeDecodeError):
                 raise _bad("not a JSON object") from None
+            except RecursionError:
+                raise _bad("nested too deeply") from None
             if not isinstance(req, dict):
                 raise _bad("not a JSON object")
             if req.get("v", VERSION) != VERSION:
@@ -103,18 +138,29 @@ class AdminServer:
         value = args.get(key)
         if value is None:
             user = lookup_uid(peer_uid)
-        elif isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
-            user = lookup_uid(int(value))
+        elif isinstance(value, bool):
+            raise _bad(f"{key} must be a user name or uid")
+        elif isinstance(value, int) or (isinstance(value, str) and value.isascii()
+                                        and value.isdigit()):
+            uid = int(value)
+            if not 0 <= uid <= MAX_UID:
+                raise _not_found(f"no such user: {uid}")
+            user = lookup_uid(uid)
         elif isinstance(value, str):
+            if not value or len(value) > 256 or "\0" in value:
+                raise _bad(f"{key} must be a user name or uid")
             user = lookup_name(value)
         else:
             raise _bad(f"{key} must be a user name or uid")
         if user is None:
-            raise _not_found(f"no such user: {value}")
+            raise _not_found(f"no such user: {value!r}")
         return user
 
     def _session_arg(self, args: dict) -> Session:
-        sid = str(args.get("id", ""))
+        sid = args.get("id", "")
+        if not isinstance(sid, (str, int)) or isinstance(sid, bool) or len(str(sid)) > 32:
+            raise _bad("id must be a session id")
+        sid = str(sid)
         session = self.registry.sessions.get(sid)
         if session is None:
             raise _not_found(f"no such session: {sid}")
@@ -209,6 +255,11 @@ class AdminServer:
         names = args.get("users") or [None]
         if not isinstance(names, list):
             raise _bad("users must be a list")
+        # Permission and size before any lookup: a user names only themselves.
+        if peer_uid != 0 and len(names) > 1:
+            raise _refused("only root may change linger for other users")
+        if len(names) > MAX_USERS_PER_REQUEST:
+            raise _bad(f"at most {MAX_USERS_PER_REQUEST} users per request")
         users = [self._user_arg({"user": n}, peer_uid) for n in names]
         for user in users:
             if peer_uid != 0 and user.uid != peer_uid:

@@ -52,9 +52,9 @@ class Manager:
     """One run of one user's service manager, from start to gone."""
 
     def __init__(self, config: Config, user: User, rundir: str, events: ManagerEvents,
-                 children: Children) -> None:
+                 children: Children, nofile: int) -> None:
         self.config, self.user, self.rundir, self.events = config, user, rundir, events
-        self.children = children
+        self.children, self.nofile = children, nofile
         self.backend = os.path.join(config.backend_dir, config.backend)
         self.pid: int | None = None
         self.since = time.time()
@@ -101,7 +101,7 @@ class Manager:
         fifo, srvdir = self._prepare()
         packet = holderlink.start_packet(
             self.user, self.rundir, self.backend, fifo, srvdir, self.config.backend_conf_dir,
-            self.config.pam_service, self.config.pam_dir, STOP_TIMEOUT)
+            self.config.pam_service, self.config.pam_dir, STOP_TIMEOUT, self.nofile)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._holder_pid = self.children.spawn(self.config.holder_path, theirs.fileno(),

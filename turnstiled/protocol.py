@@ -35,6 +35,10 @@ FIELDS: tuple[tuple[str, int, int], ...] = (
     ("remote_host", 0, 256),
 )
 
+# The longest handshake a client can send.
+MAX_HANDSHAKE = (1 + _UINT.size + _ULONG.size + _BOOL.size
+                 + sum(_SIZE.size + hi for _, _, hi in FIELDS))
+
 # The environment the daemon sends is small; this bounds what a client
 # decoding it will accept.
 MAX_ENV = 64 * 1024

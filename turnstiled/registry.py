@@ -77,10 +77,13 @@ class Login:
 
 
 class Registry:
-    def __init__(self, config: Config, state: StateDir, children: Children) -> None:
+    def __init__(self, config: Config, state: StateDir, children: Children,
+                 user_nofile: int = 1024) -> None:
         self.config = config
         self.state = state
         self.children = children
+        # The descriptor limit users' managers start with (ours is raised).
+        self.user_nofile = user_nofile
         self.logins: dict[int, Login] = {}
         self.sessions: dict[str, Session] = {}
         self.failures: dict[int, tuple[float, str]] = {}
@@ -229,7 +232,8 @@ class Registry:
         login.state = "starting"
         login.since = time.time()
         self._check_foreign_rundir(login)
-        login.manager = Manager(self.config, login.user, login.rundir, self, self.children)
+        login.manager = Manager(self.config, login.user, login.rundir, self, self.children,
+                                self.user_nofile)
         login.manager.start()
         log.info("starting the %s manager of %s", self.config.backend, login.user.name)
 

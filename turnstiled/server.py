@@ -8,10 +8,12 @@ connection until the PAM side closes it (logout, or the login process died).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import socket
 import struct
+import time
 
 from . import protocol
 from .protocol import MSG_ERR, MSG_OK_DONE, MSG_OK_WAIT, MSG_REQ_ENV, ProtocolError
@@ -21,6 +23,33 @@ log = logging.getLogger("turnstiled")
 
 # A client that has not finished its handshake by then is dropped.
 HANDSHAKE_TIMEOUT = 10.0
+# A non-root peer is answered ERR after this long at most, and may have
+# this many connections waiting for that answer.
+REFUSE_GRACE = 0.5
+MAX_REFUSING_PER_USER = 4
+
+
+class RateLimitedLog:
+    """A warning that an attacker can trigger at will: logged at most once
+    per interval, with a count of what was left out."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._next = 0.0
+        self._dropped = 0
+
+    def note(self, message: str) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._dropped += 1
+            return
+        if self._dropped:
+            message += f" ({self._dropped} more like it not logged)"
+        log.warning("%s", message)
+        self._next, self._dropped = now + self.interval, 0
+
+
+_refusals = RateLimitedLog()
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -54,9 +83,13 @@ def listen_unix(path: str, mode: int) -> socket.socket:
 class ControlServer:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
+        self._refusing: collections.Counter[int] = collections.Counter()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         pid, peer_uid, _ = peer_credentials(writer.get_extra_info("socket"))
+        if peer_uid != 0:
+            await self._refuse(reader, writer, pid, peer_uid)
+            return
         try:
             await self._serve(reader, writer, pid, peer_uid)
         except ProtocolError as err:
@@ -68,6 +101,30 @@ class ControlServer:
             pass
         finally:
             writer.close()
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      pid: int, peer_uid: int) -> None:
+        """Only root registers sessions: a user's connection is answered ERR
+        at once, never held through the handshake timeout, and a user may
+        have only a few of them open at all."""
+        _refusals.note(f"control: refusing uid {peer_uid} (pid {pid}): only root may "
+                       "register sessions")
+        if self._refusing[peer_uid] >= MAX_REFUSING_PER_USER:
+            writer.transport.abort()
+            return
+        self._refusing[peer_uid] += 1
+        try:
+            # What the client already sent is read first: closing on unread
+            # data would reset the connection instead of ending it.
+            await asyncio.wait_for(reader.read(protocol.MAX_HANDSHAKE), REFUSE_GRACE)
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            self._refusing[peer_uid] -= 1
+            if not self._refusing[peer_uid]:
+                del self._refusing[peer_uid]
+        _send(writer, MSG_ERR)
+        writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      pid: int, peer_uid: int) -> None:
