@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from pamclient import PamFailure, PamLogin
+from pamclient import PAM_RHOST, PamFailure, PamLogin
 from procs import procs_of, wait_for
 from test_runit import Services
 
@@ -233,3 +233,58 @@ def test_odd_admin_requests_get_clear_errors(daemon, test_users):
     assert reply["status"] == "bad-request", reply
     assert time.monotonic() - t0 < 3
     assert "Traceback" not in d.log()
+
+
+def test_a_full_run_never_leaves_a_phantom_session(daemon, test_users, sandbox, pam_module):
+    """/run is a small tmpfs shared by the state files and everyone's runtime
+    dirs: when it is full, a login either completes or leaves nothing."""
+    user = test_users[0]
+    run = sandbox / "run"
+    run.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(run)],
+                   check=True)
+    try:
+        d = daemon(state_dir=str(run / "state"), rundir_path=f"{run}/user/%u")
+        filler = run / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)
+        with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
+            try:
+                pam.open()
+            except PamFailure:
+                pass  # no room for the runtime dir: refused, and said why
+            pam.close()
+        assert wait_for(lambda: not [e for e in (run / "state" / "sessions").iterdir()], 5)
+        assert not list((run / "state" / "users").iterdir())
+        reply = _admin(d, b'{"cmd": "list-sessions"}\n')
+        assert reply["ok"] and reply["data"] == [], reply
+        assert "cannot publish" in d.log() or "runtime directory" in d.log()
+        assert "Traceback" not in d.log()
+        # Room again: the same user logs in as if nothing happened.
+        filler.unlink()
+        with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
+            pam.open()
+            assert d.session_ids()
+            pam.close()
+        assert wait_for(lambda: not d.session_ids() and d.user_ids() == [], 5)
+        d.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(run)], check=False)
+
+
+def test_control_characters_from_a_login_stay_on_their_line(daemon, test_user, pam_module):
+    d = daemon()
+    evil = "host\nUID=0\r\u2028\x1b[31m"
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        pam.open(items={PAM_RHOST: evil})
+        [sid] = d.session_ids()
+        text = (d.state_dir / "sessions" / sid).read_text()
+        assert text.count("\n") == len(text.splitlines())  # no extra breaks anywhere
+        state = d.session_state(sid)
+        assert state["UID"] == str(test_user.uid)
+        assert state["REMOTE_HOST"] == "host\\x0aUID=0\\x0d\\u2028\\x1b[31m"
+        out = subprocess.run([sys.executable, "-m", "turnstiled.ctl", "--admin-socket",
+                              d.admin_socket_path, "show-session", sid],
+                             capture_output=True, text=True, timeout=30).stdout
+        assert "\x1b" not in out and "\r" not in out and "\u2028" not in out
+        pam.close()
+    assert "\x1b" not in d.log()

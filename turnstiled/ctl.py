@@ -14,6 +14,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from .text import escape
+
 DEFAULT_ADMIN_SOCKET = "/run/turnstiled/admin.sock"
 
 
@@ -153,7 +155,7 @@ def _run(args: argparse.Namespace, cmd: str, req: dict,
          render: Callable[[object], str]) -> int:
     reply = request(args.admin_socket, cmd, req)
     if not reply.get("ok"):
-        print(f"turnstilectl: {reply.get('error')}", file=sys.stderr)
+        print(f"turnstilectl: {escape(str(reply.get('error')))}", file=sys.stderr)
         return 1
     data = reply["data"]
     if args.json:
@@ -161,7 +163,8 @@ def _run(args: argparse.Namespace, cmd: str, req: dict,
     else:
         text = render(data)
         if text:
-            print(text)
+            # Names, hosts and reasons come from users: no terminal controls.
+            print("\n".join(escape(line) for line in text.split("\n")))
     return 0
 
 

@@ -23,6 +23,7 @@ from . import holderlink
 from .children import Children
 from .config import Config
 from .rundir import remove as remove_tree
+from .text import escape
 from .users import User
 
 log = logging.getLogger("turnstiled")
@@ -159,7 +160,8 @@ class Manager:
             self._on_event(verb, fields)
 
     def _on_event(self, verb: str, fields: list[str]) -> None:
-        arg = fields[0] if fields else ""
+        # Fields may carry what the user's side printed: one safe line each.
+        arg = escape(fields[0]) if fields else ""
         if verb == "pid":
             self.pid = int(arg)
             log.debug("manager of %s: pid %d", self.user.name, self.pid)

@@ -26,6 +26,7 @@ from .config import Config
 from .manager import Manager, ReadyReport
 from .protocol import Handshake
 from .statefiles import StateDir
+from .text import escape
 from .users import User, lookup_name, lookup_uid
 
 log = logging.getLogger("turnstiled")
@@ -111,8 +112,8 @@ class Registry:
         login.sessions[session.id] = session
         self.sessions[session.id] = session
         self._cancel_stop_delay(login)
-        log.info("session %s opened: %s (uid %d) via %s, tty %r", session.id, user.name,
-                 user.uid, facts.service, facts.tty)
+        log.info("session %s opened: %s (uid %d) via %s, tty %s", session.id, user.name,
+                 user.uid, escape(facts.service), escape(facts.tty))
         if login.state == "ready":
             session.resolve(True)
         elif login.manager is None:

@@ -6,7 +6,13 @@ each is written to a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+
+from .text import escape
+
+log = logging.getLogger("turnstiled")
 
 
 class StateDir:
@@ -36,22 +42,33 @@ class StateDir:
 
 
 def _write(directory: str, name: str, fields: dict[str, object]) -> None:
+    """Publishes one file. A failure (ENOSPC on a full /run) is logged and
+    leaves nothing behind: published state is a view, never a reason for a
+    login to fail or for the registry to keep what it should not."""
     text = "".join(f"{k}={_flat(v)}\n" for k, v in fields.items())
     tmp = os.path.join(directory, f".{name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o644)
     try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.rename(tmp, os.path.join(directory, name))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+        try:
+            data = text.encode(errors="surrogateescape")
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        finally:
+            os.close(fd)
+        os.rename(tmp, os.path.join(directory, name))
+    except OSError as err:
+        _unlink(tmp)
+        _unlink(os.path.join(directory, name))  # stale is worse than missing
+        log.error("cannot publish %s/%s: %s", directory, name, err.strerror)
 
 
 def _flat(value: object) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
-    # A value may come from a client (a remote host name); keep it on its line.
-    return str(value).replace("\n", " ")
+    # Values come from clients and users (a remote host, a service name):
+    # one line each, whatever a reader takes for a line break.
+    return escape(str(value))
 
 
 def _unlink(path: str) -> None:
