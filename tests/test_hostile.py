@@ -288,3 +288,28 @@ def test_control_characters_from_a_login_stay_on_their_line(daemon, test_user, p
         assert "\x1b" not in out and "\r" not in out and "\u2028" not in out
         pam.close()
     assert "\x1b" not in d.log()
+
+
+def test_update_runit_env_as_root_follows_no_planted_symlink(test_users, sandbox):
+    attacker = test_users[1]
+    env_dir = sandbox / "env"
+    env_dir.mkdir()
+    os.chown(env_dir, attacker.uid, attacker.gid)
+    target = sandbox / "precious"
+    target.write_text("root's\n")
+    # Every name a writer might pick for its temporary file, and the file
+    # itself, lead to root's file.
+    for name in (".FOO.tmp", "FOO"):
+        out = as_user(attacker, "ln", "-s", str(target), str(env_dir / name))
+        assert out.returncode == 0, out.stderr
+    res = subprocess.run([sys.executable, "-m", "turnstiled.update_runit_env", "-d",
+                          str(env_dir), "FOO=bar"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert target.read_text() == "root's\n"
+    assert (env_dir / "FOO").read_text() == "bar\n" and not (env_dir / "FOO").is_symlink()
+    # A symlinked env dir itself is refused.
+    link = sandbox / "env-link"
+    os.symlink(env_dir, link)
+    res = subprocess.run([sys.executable, "-m", "turnstiled.update_runit_env", "-d",
+                          str(link), "FOO=baz"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1 and (env_dir / "FOO").read_text() == "bar\n"

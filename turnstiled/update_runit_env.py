@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import subprocess
 import sys
 
@@ -29,14 +30,26 @@ def env_dir_from_conf(conf_dir: str) -> str:
     return out.stdout
 
 
-def write_value(env_dir: str, name: str, value: str | None) -> None:
-    # chpst -e: an empty file removes the variable, otherwise the first line
-    # is its value.
-    tmp = os.path.join(env_dir, f".{name}.tmp")
-    with open(tmp, "w") as f:
-        if value is not None:
-            f.write(value + "\n")
-    os.replace(tmp, os.path.join(env_dir, name))
+def write_value(env_dir: int, name: str, value: str | None) -> None:
+    """Replaces NAME in the env dir (a directory fd). chpst -e: an empty file
+    removes the variable, otherwise the first line is its value.
+
+    The dir may be a user's and the caller root: the temporary file is new
+    (O_EXCL, a name nobody could guess), nothing is followed through a
+    symlink, and the rename replaces whatever is at NAME, never its target."""
+    tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644, dir_fd=env_dir)
+    try:
+        with open(fd, "w", closefd=False) as f:
+            if value is not None:
+                f.write(value + "\n")
+        os.replace(tmp, name, src_dir_fd=env_dir, dst_dir_fd=env_dir)
+    except BaseException:
+        os.unlink(tmp, dir_fd=env_dir)
+        raise
+    finally:
+        os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         os.path.join(os.path.dirname(os.path.abspath(args.config)), "backend"))
     try:
         os.makedirs(env_dir, exist_ok=True)
-        for name, value in updates:
-            write_value(env_dir, name, value)
+        dirfd = os.open(env_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            for name, value in updates:
+                write_value(dirfd, name, value)
+        finally:
+            os.close(dirfd)
     except OSError as err:
         print(f"turnstile-update-runit-env: {env_dir}: {err.strerror}", file=sys.stderr)
         return 1
