@@ -22,6 +22,7 @@ class Config:
     linger: str = "maybe"
     rundir_path: str = "/run/user/%u"
     manage_rundir: bool = True
+    rundir_size: str = "10%"
     export_dbus_address: bool = True
     login_timeout: float = 60.0
     root_session: bool = False
@@ -114,6 +115,17 @@ def _pam_service(text: str) -> str:
     return text
 
 
+def _size(text: str) -> str:
+    """A tmpfs size: 0 (none), bytes with an optional k, m or g, or N% of RAM."""
+    t = text.lower()
+    number = t[:-1] if t[-1:] in ("k", "m", "g", "%") else t
+    if not number.isascii() or not number.isdigit() or (t.endswith("%") and
+                                                         not 0 < int(number) <= 100):
+        raise BadValue(f"expected 0, a size like 64m, or a percentage of RAM like 10%, "
+                       f"got {text!r}")
+    return "0" if int(number) == 0 else t
+
+
 def _rundir(text: str) -> str:
     _abspath(text)
     if "%u" not in text:
@@ -128,6 +140,7 @@ _PARSERS = {
     "linger": _linger,
     "rundir_path": _rundir,
     "manage_rundir": _bool,
+    "rundir_size": _size,
     "export_dbus_address": _bool,
     "login_timeout": _seconds,
     "root_session": _bool,

@@ -207,7 +207,7 @@ class Registry:
         path = self.config.rundir_for(user.uid, user.gid)
         if self.config.manage_rundir:
             try:
-                stale = rundir.make(path, user.uid, user.gid)
+                stale = rundir.make(path, user.uid, user.gid, self.config.rundir_size)
             except rundir.RundirError as err:
                 raise LoginError(f"cannot make the runtime directory: {err}") from None
             if stale is not None:

@@ -7,10 +7,14 @@ that a non-root user owns or may write to is refused (they could swap entries).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import itertools
+import logging
 import os
 import stat
+
+log = logging.getLogger("turnstiled")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -52,8 +56,10 @@ def _open_parent(path: str) -> tuple[int, str]:
     return fd, parts[-1]
 
 
-def make(path: str, uid: int, gid: int) -> str | None:
-    """Creates path as a fresh 0700 directory owned by uid:gid.
+def make(path: str, uid: int, gid: int, size: str = "0") -> str | None:
+    """Creates path as a fresh 0700 directory owned by uid:gid, a tmpfs of
+    its own of `size` (as logind does) unless size is "0", so a user who
+    fills it fills only their own and never /run.
 
     Whatever is already at path was not made by us for this Login (ours is
     removed when the Login ends): another user may have planted it, with a
@@ -65,9 +71,12 @@ def make(path: str, uid: int, gid: int) -> str | None:
         try:
             os.mkdir(name, 0o700, dir_fd=parent)
         except FileExistsError:
+            _unmount(path)  # a tmpfs a crashed daemon left behind
             stale = f".{name}.stale.{os.getpid()}.{next(_retired)}"
             os.rename(name, stale, src_dir_fd=parent, dst_dir_fd=parent)
             os.mkdir(name, 0o700, dir_fd=parent)
+        if size != "0":
+            _mount_tmpfs(path, uid, gid, size)
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
         try:
             os.fchown(fd, uid, gid)
@@ -82,9 +91,13 @@ def make(path: str, uid: int, gid: int) -> str | None:
 
 
 def retire(path: str) -> str | None:
-    """Renames path out of the way (a hidden sibling, in one rename) and
-    returns the new name for remove(); a new Login of the same user may
-    make path afresh at once. None when there is nothing to remove."""
+    """Takes path out of the way at once, so a new Login of the same user
+    may make it afresh: a tmpfs is unmounted (the kernel frees its files)
+    and its mount point removed; a plain directory is renamed to a hidden
+    sibling, whose name is returned for remove(). None: nothing left."""
+    if _unmount(path):
+        os.rmdir(path)
+        return None
     parent, name = os.path.split(path)
     dead = os.path.join(parent, f".{name}.removing.{os.getpid()}.{next(_retired)}")
     try:
@@ -124,3 +137,40 @@ def _quietly(op, *args, **kwargs) -> None:
         op(*args, **kwargs)
     except OSError:
         pass
+
+
+# -- per-user tmpfs
+
+_MS_NOSUID, _MS_NODEV, _MNT_DETACH = 2, 4, 2
+_libc = ctypes.CDLL(None, use_errno=True)
+_mount_warned = False
+
+
+def _mount_tmpfs(path: str, uid: int, gid: int, size: str) -> None:
+    global _mount_warned
+    options = f"mode=0700,uid={uid},gid={gid},size={size}".encode()
+    if _libc.mount(b"tmpfs", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, options) == 0:
+        return
+    err = ctypes.get_errno()
+    if err in (errno.EPERM, errno.EACCES) and not _mount_warned:
+        # A container without CAP_SYS_ADMIN: a plain directory still works.
+        _mount_warned = True
+        log.warning("cannot mount a tmpfs for runtime dirs (%s): they are plain "
+                    "directories, unbounded", os.strerror(err))
+        return
+    if err not in (errno.EPERM, errno.EACCES):
+        raise OSError(err, f"mount tmpfs: {os.strerror(err)}")
+
+
+def _unmount(path: str) -> bool:
+    """Detaches a tmpfs mounted at path; False when none is."""
+    try:
+        here, above = os.lstat(path), os.lstat(os.path.dirname(path))
+    except FileNotFoundError:
+        return False
+    if here.st_dev == above.st_dev:
+        return False
+    if _libc.umount2(path.encode(), _MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount {path}: {os.strerror(err)}")
+    return True
