@@ -284,8 +284,8 @@ def test_last_logout_stops_dinit_and_services_in_order(dinit_setup, test_user):
     assert time.monotonic() - t0 < 10
     assert (u.home / "stop.log").read_text().split() == ["late", "early"]
     assert wait_for(lambda: not os.path.exists(d.rundir(test_user.uid)), 5)
-    assert d.user_state(test_user.uid) is None
-    assert f"login of {test_user.name} ended" in d.log()
+    assert wait_for(lambda: d.user_state(test_user.uid) is None, 5)
+    assert wait_for(lambda: f"login of {test_user.name} ended" in d.log(), 5)
 
 
 def test_boot_service_that_fails_fails_the_login(dinit_setup, test_user):

@@ -77,6 +77,7 @@ class AdminServer:
                     # cannot be told apart from a next request).
                     await self._reply(writer, {"v": VERSION, "ok": False, "status": "bad-request",
                                                "error": f"request over {MAX_REQUEST} bytes"})
+                    await _discard_rest(reader, writer)
                     return
                 if not line:
                     return
@@ -294,6 +295,21 @@ class AdminServer:
         self.registry.terminate_user(user.uid)
         log.info("%s terminated by uid %d", user.name, peer_uid)
         return {"user": user.name, "sessions": count}
+
+
+async def _discard_rest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Ends our side, then reads (a bounded amount, briefly) what the client
+    still sends: closing on unread data would reset the connection and
+    could lose the reply just sent."""
+    if writer.can_write_eof():
+        writer.write_eof()
+    try:
+        async with asyncio.timeout(1.0):
+            for _ in range(64):
+                if not await reader.read(MAX_REQUEST):
+                    break
+    except (TimeoutError, ConnectionError):
+        pass
 
 
 _COMMANDS = {
