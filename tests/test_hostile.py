@@ -354,3 +354,29 @@ def test_a_user_filling_their_runtime_dir_fills_only_their_own(daemon, test_user
         d.stop()
     finally:
         subprocess.run(["umount", "-R", "-l", str(run)], check=False)
+
+
+def test_removing_100k_files_of_a_runtime_dir_stalls_no_one(daemon, test_users, pam_module):
+    """A plain runtime dir (rundir_size = 0) left with 100,000 files: its
+    removal at logout runs off the loop, and another user's login during it
+    takes well under a second."""
+    user, other = test_users[0], test_users[1]
+    d = daemon(rundir_size="0")
+    path = d.rundir(user.uid)
+    with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
+        pam.open()
+        out = as_user(user, "/usr/bin/python3", "-c",
+                      "import os, sys\n"
+                      "for i in range(100):\n"
+                      "    d = os.path.join(sys.argv[1], str(i)); os.mkdir(d)\n"
+                      "    for j in range(1000): open(os.path.join(d, str(j)), 'w').close()\n",
+                      path, timeout=120)
+        assert out.returncode == 0, out.stderr
+        pam.close()
+    times = []
+    t_end = time.monotonic() + 1.0
+    while time.monotonic() < t_end:  # logins while the removal runs
+        times.append(_login_time(d, other))
+    assert max(times) < 0.5, times
+    assert wait_for(lambda: not os.path.exists(path) and not [
+        n for n in os.listdir(os.path.dirname(path)) if ".removing." in n], 60)

@@ -23,6 +23,7 @@ from . import holderlink
 from .children import Children
 from .config import Config
 from .rundir import remove as remove_tree
+from .rundir import retire
 from .text import escape
 from .users import User
 
@@ -69,7 +70,7 @@ class Manager:
         self._fifo_fd: int | None = None
         self._ready_buf = b""
         self._timer: asyncio.TimerHandle | None = None
-        self._cleanup: asyncio.Task | None = None
+        self._cleanup: asyncio.Future | None = None
         self._dir = os.path.join(config.state_dir, "managers", str(user.uid))
 
     # -- public
@@ -261,7 +262,14 @@ class Manager:
         self._cancel_timer()
         self._close_fifo()
         self._close_channel()
-        remove_tree(self._dir)
+        # srv/ is the user's to fill: renamed aside now, removed off the loop.
+        try:
+            dead = retire(self._dir)
+        except OSError as err:
+            log.error("cannot remove %s: %s", self._dir, err.strerror)
+            dead = None
+        if dead is not None:
+            self._cleanup = asyncio.get_running_loop().run_in_executor(None, remove_tree, dead)
         self.phase = "gone"
         self.pid = None
         self.events.manager_gone(self, self._status)
