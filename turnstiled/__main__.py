@@ -8,23 +8,55 @@ import sys
 # never speaks TLS, about 3.5 MB of memory for its whole life.
 sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
 
-import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import logging  # noqa: E402
 
 from . import __version__, config, daemon  # noqa: E402
 from . import log as logsetup  # noqa: E402
 
+USAGE = f"""usage: turnstiled [-c FILE] [--check-config] [--version]
+
+Login session tracker and user service manager launcher.
+
+  -c, --config FILE  configuration file (default {config.DEFAULT_PATH})
+  --check-config     validate the configuration, print problems and exit
+  --version          print the version and exit"""
+
+
+class _Args:
+    config = config.DEFAULT_PATH
+    check_config = False
+
+
+def _parse(argv: list[str]) -> _Args | int:
+    """The command line; an exit status when it is done with (help, errors).
+    (Not argparse: the daemon keeps every module it imports for its life.)"""
+    args = _Args()
+    rest = list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg in ("-h", "--help"):
+            print(USAGE)
+            return 0
+        if arg == "--version":
+            print(f"turnstiled {__version__}")
+            return 0
+        if arg == "--check-config":
+            args.check_config = True
+        elif arg in ("-c", "--config") and rest:
+            args.config = rest.pop(0)
+        elif arg.startswith("--config="):
+            args.config = arg.split("=", 1)[1]
+        else:
+            print(f"{USAGE}\nturnstiled: unexpected argument {arg!r}", file=sys.stderr)
+            return 2
+    return args
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="turnstiled", description="Login session tracker and user service manager launcher.")
-    parser.add_argument("-c", "--config", default=config.DEFAULT_PATH,
-                        help=f"configuration file (default {config.DEFAULT_PATH})")
-    parser.add_argument("--check-config", action="store_true",
-                        help="validate the configuration, print problems and exit")
-    parser.add_argument("--version", action="version", version=f"turnstiled {__version__}")
-    args = parser.parse_args(argv)
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    if isinstance(args, int):
+        return args
 
     cfg, problems = config.load(args.config)
     if args.check_config:
