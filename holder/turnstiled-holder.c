@@ -179,7 +179,10 @@ static int shell_status(int status)
 static int parse_id(const char *text, unsigned long *out)
 {
     char *end;
-    if (!*text || *text == '-')
+    for (const char *p = text; *p; p++)
+        if (*p < '0' || *p > '9')
+            return -1;  /* decimal digits only: no sign, no space */
+    if (!*text)
         return -1;
     errno = 0;
     unsigned long v = strtoul(text, &end, 10);
@@ -512,7 +515,8 @@ static void run_ready(const char *arg)
         return;
     }
     int out[2];
-    if (pipe2(out, O_CLOEXEC | O_NONBLOCK)) {
+    /* Only our end is non-blocking: ready's own writes must wait for us. */
+    if (pipe2(out, O_CLOEXEC) || fcntl(out[0], F_SETFL, O_NONBLOCK)) {
         spawn_failed("ready", errno);
         return;
     }

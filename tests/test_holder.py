@@ -333,6 +333,33 @@ def test_up_lines_are_bounded_and_a_flood_does_not_grow_the_holder(setup, holder
     assert "ready ignored" in h.log()
 
 
+def test_a_ready_that_prints_more_than_a_pipe_holds_loses_nothing(setup, holders, test_user):
+    setup.ready("head -c 300000 /dev/zero | tr '\\0' x || exit 3\necho\necho 'up last'\nexit 0")
+    h = setup.start(holders)
+    assert h.event()[0] == "pid"
+    os.kill(h.pid, signal.SIGSTOP)  # a holder slow to read: the pipe fills
+    h.send("ready", "x")
+    os.kill(h.pid, signal.SIGCONT)
+    time.sleep(0.05)
+    os.kill(h.pid, signal.SIGSTOP)
+    time.sleep(0.5)
+    os.kill(h.pid, signal.SIGCONT)
+    assert h.until("ready-exit", 20)[-2:] == [("up", "last"), ("ready-exit", "0")]
+    stop_and_wait(h, test_user)
+
+
+@pytest.mark.parametrize("uid", ["+5", " 5", "5x", "-1", ""])
+def test_a_start_with_a_malformed_number_is_refused(sandbox, holders, uid):
+    h = Holder(sandbox, {})
+    holders.append(h)
+    h.send("start", f"uid={uid}", "gid=1", "groups=", "user=u", "home=/", "shell=/bin/sh",
+           "rundir=", "backend=/bin/true", "fifo=/f", "srvdir=/s", "confdir=/c",
+           "pam_service=", "pam_dir=", "stop_timeout=1", "nofile=0")
+    assert h.event() == ("error", "start: bad uid")
+    assert h.until("gone") == [("gone", "")]
+    assert h.wait() == 1
+
+
 def test_end_of_channel_stops_the_manager(setup, holders, test_user):
     h = setup.start(holders)
     assert h.event()[0] == "pid"
