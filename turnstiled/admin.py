@@ -177,11 +177,8 @@ class AdminServer:
 
     def describe_user(self, login: Login) -> dict:
         u, m = login.user, login.manager
-        state = login.state
-        if state == "ready" and not login.sessions:
-            state = "lingering"
         return {
-            "uid": u.uid, "user": u.name, "state": state, "since": login.since,
+            "uid": u.uid, "user": u.name, "state": login.public_state, "since": login.since,
             "sessions": sorted(login.sessions, key=int), "backend": self.config.backend,
             "manager_pid": m.pid if m else None,
             "manager_since": m.since if m else None,

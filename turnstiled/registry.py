@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import logging
 import os
 import stat
@@ -58,6 +59,27 @@ class Session:
             self.outcome.set_result(ok)
 
 
+class LoginState(enum.StrEnum):
+    """A Login's manager: being started, up, being stopped, or given up on
+    (a start failed, or crashes came too often; it is stopped and the Login
+    ends or starts afresh with the next session)."""
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+# Which state a transition may leave, for each state it enters: anything
+# else is a bug in this module, caught where it happens.
+_ENTERED_FROM = {
+    LoginState.STARTING: {LoginState.STARTING, LoginState.READY, LoginState.STOPPING,
+                          LoginState.FAILED},
+    LoginState.READY: {LoginState.STARTING, LoginState.READY, LoginState.FAILED},
+    LoginState.STOPPING: {LoginState.STARTING, LoginState.READY, LoginState.STOPPING},
+    LoginState.FAILED: {LoginState.STARTING, LoginState.READY},
+}
+
+
 @dataclass
 class Login:
     user: User
@@ -65,7 +87,7 @@ class Login:
     # another program's (elogind's), which the manager is still pointed at.
     rundir: str
     rundir_managed: bool
-    state: str = "starting"
+    state: LoginState = LoginState.STARTING
     since: float = field(default_factory=time.time)
     sessions: dict[str, Session] = field(default_factory=dict)
     manager: Manager | None = None
@@ -76,15 +98,26 @@ class Login:
     rundir_problem: str = ""
     stop_timer: asyncio.TimerHandle | None = None
 
+    @property
+    def public_state(self) -> str:
+        """The state as state files, the admin socket and turnstilectl show
+        it: a ready manager without sessions is lingering."""
+        if self.state is LoginState.READY and not self.sessions:
+            return "lingering"
+        return self.state.value
+
 
 class Registry:
     def __init__(self, config: Config, state: StateDir, children: Children,
-                 user_nofile: int = 1024) -> None:
+                 user_nofile: int = 1024, manager_factory: Callable[..., Manager] = Manager,
+                 ) -> None:
         self.config = config
         self.state = state
         self.children = children
         # The descriptor limit users' managers start with (ours is raised).
         self.user_nofile = user_nofile
+        # Makes a Manager; the registry's unit tests pass a fake one.
+        self.manager_factory = manager_factory
         self.logins: dict[int, Login] = {}
         self.sessions: dict[str, Session] = {}
         self.failures: dict[int, tuple[float, str]] = {}
@@ -114,11 +147,11 @@ class Registry:
         self._cancel_stop_delay(login)
         log.info("session %s opened: %s (uid %d) via %s, tty %s", session.id, user.name,
                  user.uid, escape(facts.service), escape(facts.tty))
-        if login.state == "ready":
+        if login.state is LoginState.READY:
             session.resolve(True)
         elif login.manager is None:
             self._start(login)
-        elif login.state in ("stopping", "failed"):
+        elif login.state in (LoginState.STOPPING, LoginState.FAILED):
             # The old manager is still on its way out; start afresh after it.
             login.start_again = True
         self._publish_session(session)
@@ -170,7 +203,7 @@ class Registry:
         if linger.wants_linger(self.config, user.name):
             if login is None:
                 self._linger_login(user)
-            elif login.state == "stopping":
+            elif login.state is LoginState.STOPPING:
                 login.start_again = True  # the stop was for a non-lingering user
             else:
                 self._cancel_stop_delay(login)
@@ -230,11 +263,10 @@ class Registry:
         if not self._needs_manager(login.user):
             self._set_ready(login)
             return
-        login.state = "starting"
-        login.since = time.time()
+        self._set_state(login, LoginState.STARTING)
         self._check_foreign_rundir(login)
-        login.manager = Manager(self.config, login.user, login.rundir, self, self.children,
-                                self.user_nofile)
+        login.manager = self.manager_factory(self.config, login.user, login.rundir, self,
+                                             self.children, self.user_nofile)
         login.manager.start()
         log.info("starting the %s manager of %s", self.config.backend, login.user.name)
 
@@ -251,9 +283,16 @@ class Registry:
         log.warning("runtime dir %s of %s is %s", login.rundir, login.user.name,
                     login.rundir_problem)
 
-    def _set_ready(self, login: Login) -> None:
-        login.state = "ready"
+    def _set_state(self, login: Login, state: LoginState) -> None:
+        """The one place a Login changes state."""
+        assert login.state in _ENTERED_FROM[state], f"{login.state} -> {state}"
+        if login.state is not state:
+            log.debug("login of %s: %s -> %s", login.user.name, login.state, state)
+        login.state = state
         login.since = time.time()
+
+    def _set_ready(self, login: Login) -> None:
+        self._set_state(login, LoginState.READY)
         for session in login.sessions.values():
             session.resolve(True)
 
@@ -261,14 +300,14 @@ class Registry:
         if self._keeps_manager(login):
             return
         delay = self.config.user_stop_delay
-        if login.state == "ready" and delay > 0 and login.manager is not None:
+        if login.state is LoginState.READY and delay > 0 and login.manager is not None:
             login.stop_timer = asyncio.get_running_loop().call_later(
                 delay, self._stop_delay_over, login)
         else:
             self._stop(login)
 
     def _keeps_manager(self, login: Login) -> bool:
-        return (login.manager is not None and login.state in ("starting", "ready")
+        return (login.manager is not None and login.state in (LoginState.STARTING, LoginState.READY)
                 and linger.wants_linger(self.config, login.user.name))
 
     def _stop_delay_over(self, login: Login) -> None:
@@ -287,8 +326,8 @@ class Registry:
         if login.manager is None:
             self._end_login(login)
             return
-        if login.state != "failed":
-            login.state = "stopping"
+        if login.state is not LoginState.FAILED:
+            self._set_state(login, LoginState.STOPPING)
         login.manager.stop()
         self._publish_login(login)
 
@@ -326,7 +365,7 @@ class Registry:
 
     def manager_ready(self, manager: Manager, report: ReadyReport) -> None:
         login = self._login_of(manager)
-        if login is None or login.state != "starting":
+        if login is None or login.state is not LoginState.STARTING:
             return
         login.last_ready = report
         services = ", ".join(f"{n} {ms:g} ms" for n, ms in report.services) or "none"
@@ -342,8 +381,8 @@ class Registry:
         if login is None:
             return
         self.failures[login.user.uid] = (time.time(), reason)
-        if login.state == "starting":
-            login.state = "failed"
+        if login.state is LoginState.STARTING:
+            self._set_state(login, LoginState.FAILED)
             for session in login.sessions.values():
                 session.resolve(False)
             self._publish_login(login)
@@ -353,10 +392,22 @@ class Registry:
         if login is None:
             return
         wanted = bool(login.sessions) or self._keeps_manager(login)
+        # A start asked for while this one stopped (a login, linger turned
+        # on), if whoever asked still wants it.
+        again = login.start_again and (bool(login.sessions) or linger.wants_linger(
+            self.config, login.user.name))
         login.manager = None
-        if login.state == "ready" and wanted:
+        if login.state is LoginState.STARTING:
+            # A manager reports its failure before it goes; should one not,
+            # its waiting sessions must still get their answer.
+            self.failures[login.user.uid] = (time.time(), "the manager went before it was "
+                                             f"ready (status {status})")
+            self._set_state(login, LoginState.FAILED)
+            for session in login.sessions.values():
+                session.resolve(False)
+        if login.state is LoginState.READY and wanted:
             self._restart_after_crash(login, status)
-        elif login.start_again or (login.state == "stopping" and login.sessions):
+        elif again or (login.state is LoginState.STOPPING and login.sessions):
             self._start(login)
         elif not login.sessions:
             self._end_login(login)
@@ -372,7 +423,7 @@ class Registry:
                       f"{RESTART_WINDOW:g} s (last status {status}); not restarting")
             log.error("manager of %s: %s", login.user.name, reason)
             self.failures[login.user.uid] = (time.time(), reason)
-            login.state = "failed"
+            self._set_state(login, LoginState.FAILED)
             return
         login.restarts.append(now)
         log.warning("manager of %s died (status %s); restarting", login.user.name, status)
@@ -402,13 +453,10 @@ class Registry:
     def _publish_login(self, login: Login) -> None:
         if self.logins.get(login.user.uid) is not login:
             return
-        state = login.state
-        if state == "ready" and not login.sessions:
-            state = "lingering"
         sessions = " ".join(login.sessions)
         seats = " ".join(sorted({s.facts.seat for s in login.sessions.values() if s.facts.seat}))
         self.state.write_user(login.user.uid, {
-            "NAME": login.user.name, "STATE": state, "RUNTIME": login.rundir,
+            "NAME": login.user.name, "STATE": login.public_state, "RUNTIME": login.rundir,
             "SESSIONS": sessions, "SEATS": seats, "BACKEND": self.config.backend,
             "MANAGER_PID": (login.manager.pid or "") if login.manager else "",
             "LINGER": linger.wants_linger(self.config, login.user.name),
