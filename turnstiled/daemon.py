@@ -64,11 +64,12 @@ async def serve(config: Config) -> None:
     state.prepare()
     registry = Registry(config, state, children, user_nofile)
     control = ControlServer(registry)
-    server = await asyncio.start_unix_server(
-        control.handle, sock=listen_unix(config.socket_path, 0o666))
     admin_server = await asyncio.start_unix_server(
         AdminServer(registry).handle, sock=listen_unix(config.admin_socket_path, 0o666),
         limit=MAX_REQUEST)
+    # The control socket last: once it listens, the whole daemon is up.
+    server = await asyncio.start_unix_server(
+        control.handle, sock=listen_unix(config.socket_path, 0o666))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
