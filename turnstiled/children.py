@@ -41,21 +41,25 @@ def wait_status(status: int) -> int:
     return code if code >= 0 else 128 - code
 
 
+def _state_and_ppid(pid: str | int) -> tuple[bytes, int] | None:
+    """A process's state letter and parent, from /proc; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # After the parenthesised command name: state, ppid, ...
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return fields[0], int(fields[1])
+
+
 def _ppids() -> dict[int, list[int]]:
     """Every live process's children, from /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # After the parenthesised command name: state, ppid, ...
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if fields[0] != b"Z":
-            children.setdefault(int(fields[1]), []).append(int(entry))
+        found = _state_and_ppid(entry) if entry.isdigit() else None
+        if found is not None and found[0] != b"Z":
+            children.setdefault(found[1], []).append(int(entry))
     return children
 
 
@@ -94,12 +98,8 @@ def kill_orphans(keep: set[int], deadline: float) -> int:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2:][:1] != b"Z"
+    found = _state_and_ppid(pid)
+    return found is not None and found[0] != b"Z"
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -114,11 +114,9 @@ class Children:
 
     def __init__(self) -> None:
         self._exits: dict[int, Callable[[int], None]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         become_subreaper()
-        self._loop = loop
         loop.add_signal_handler(signal.SIGCHLD, self.reap)
 
     def spawn(self, path: str, channel: int, on_exit: Callable[[int], None]) -> int:
@@ -161,7 +159,3 @@ class Children:
         keep = set(self._exits)
         deadline = time.monotonic() + timeout
         return await asyncio.to_thread(kill_orphans, keep, deadline)
-
-    @property
-    def holders(self) -> int:
-        return len(self._exits)
