@@ -6,7 +6,8 @@ N distinct users, one trivial core service each, login_timeout = 60. First
 one login per user, all at once; then, once everyone has logged out and
 every manager is gone, --logins logins spread over the same users, all at
 once. Each burst prints its wall time, outcomes and the distribution of the
-time each login took (pam_open_session, measured in its own process).
+time each login took (pam_open_session, measured in its own process), and
+the root side's PSS (daemon and holders) while all of them are open.
 --load runs a busy loop on every core during the bursts. Run as root; it
 creates and removes the users.
 """
@@ -24,6 +25,7 @@ from common import (
     CpuHog,
     Sandbox,
     distribution,
+    root_side,
     runit_services,
     tally,
     throwaway_users,
@@ -31,7 +33,7 @@ from common import (
 )
 
 
-def burst(sb: Sandbox, names: list[str], users) -> None:
+def burst(sb: Sandbox, names: list[str], users, idle_kb: int) -> None:
     t0 = time.monotonic()
     b = Burst("login", names, sb.confdir)
     try:
@@ -40,6 +42,12 @@ def burst(sb: Sandbox, names: list[str], users) -> None:
         print(f"{len(names)} logins of {len(users)} users: wall {wall:.2f} s, "
               f"{codes.count(OK)} ok, outcomes {tally(codes)}", flush=True)
         distribution("  per login", b.latencies)
+        # Every session still open: the root side at its fullest.
+        assert sb.daemon is not None
+        held = root_side(sb.daemon.pid)
+        print(f"  root side with all {len(names)} sessions open: "
+              f"{sum(held.values()) / 1024:.1f} MB, {len(held) - 1} holders, "
+              f"per user {(sum(held.values()) - idle_kb) / len(users):.0f} kB", flush=True)
     finally:
         b.release()
     for u in users:
@@ -70,9 +78,12 @@ def main() -> int:
                   flush=True)
             if args.load:
                 hog = CpuHog()
+            assert sb.daemon is not None
+            idle_kb = sum(root_side(sb.daemon.pid).values())
+            print(f"root side idle: {idle_kb / 1024:.1f} MB", flush=True)
             names = [u.pw_name for u in users]
-            burst(sb, names, users)
-            burst(sb, [names[i % len(names)] for i in range(args.logins)], users)
+            burst(sb, names, users, idle_kb)
+            burst(sb, [names[i % len(names)] for i in range(args.logins)], users, idle_kb)
         return 0
     finally:
         if hog is not None:

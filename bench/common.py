@@ -74,6 +74,29 @@ def pss_kb(pid: int) -> int:
     return 0
 
 
+def root_side(daemon_pid: int) -> dict[int, int]:
+    """pid -> PSS kB of the daemon and of every root process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+            uid = os.stat(f"/proc/{entry}").st_uid
+        except OSError:
+            continue
+        if uid == 0:
+            ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [daemon_pid], [daemon_pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return {pid: pss_kb(pid) for pid in found}
+
+
 class Sandbox:
     """A daemon whose sockets, state, runtime dirs and PAM files all live in
     a temporary directory; /etc/pam.d is never touched."""

@@ -6,19 +6,42 @@ Prints, for the backend:
 - warm: open+close cycles of a session while another keeps the manager up;
 - cold: pam_open_session from no manager to ready (0 and 3 core services);
 - logout-to-gone: pam_close_session of the last session until the daemon
-  reports the Login ended (manager and every process of it gone).
+  reports the Login ended (manager and every process of it gone);
+- runit floor: what no login of this backend can beat on this host, the
+  same user's /bin/sh sourcing /etc/profile and exec'ing runsvdir on the
+  same services, until runsv reports all of them running (no PAM, no
+  daemon, no readiness protocol). Cold minus floor is what turnstiled adds.
 Run as root on an otherwise idle machine; it creates and removes a user.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 
-from common import PamLogin, Sandbox, figures, runit_services, throwaway_users, write
+from common import (
+    PamLogin,
+    Sandbox,
+    figures,
+    runit_services,
+    throwaway_users,
+    uid_processes,
+    write,
+)
+
+
+def running(stat: str) -> bool:
+    try:
+        with open(stat) as f:
+            return f.read().startswith("run")
+    except OSError:
+        return False
 
 
 class Bench:
@@ -59,6 +82,29 @@ class Bench:
             self.sb.wait_state(self.user.pw_uid, None)
             gones.append(time.perf_counter() - t1)
         return opens, gones
+
+    def floor(self, runs: int) -> list[float]:
+        u = self.user
+        svdir = os.path.join(u.pw_dir, ".config", "service")
+        names = [n for n in os.listdir(svdir) if os.path.isfile(f"{svdir}/{n}/run")]
+        samples = []
+        for _ in range(runs):
+            for n in names:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{svdir}/{n}/supervise/stat")
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", '. /etc/profile; exec runsvdir -P "$0"', svdir],
+                user=u.pw_uid, group=u.pw_gid, extra_groups=[], cwd=u.pw_dir,
+                env={"HOME": u.pw_dir, "PATH": "/usr/bin:/bin"})
+            while not all(running(f"{svdir}/{n}/supervise/stat") for n in names):
+                time.sleep(0.0002)
+            samples.append(time.perf_counter() - t0)
+            proc.send_signal(signal.SIGHUP)
+            proc.wait()
+            while uid_processes(u.pw_uid):
+                time.sleep(0.01)
+        return samples
 
     def warm(self, runs: int) -> list[float]:
         keep = self.login()
@@ -112,6 +158,8 @@ def main() -> int:
                 opens, gones = bench.cold(args.runs)
                 figures(f"cold login, {core} core services", opens)
                 figures(f"logout to manager gone, {core} core", gones)
+            if args.backend == "runit":
+                figures("runit floor, 3 core services", bench.floor(args.runs))
         return 0
     finally:
         sb.remove()

@@ -17,30 +17,7 @@ import os
 import sys
 import time
 
-from common import PamLogin, Sandbox, pss_kb, runit_services, throwaway_users, uid_processes
-
-
-def root_side(daemon_pid: int) -> dict[int, int]:
-    """pid -> PSS kB of the daemon and of every root process below it."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-            uid = os.stat(f"/proc/{entry}").st_uid
-        except OSError:
-            continue
-        if uid == 0:
-            ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [daemon_pid], [daemon_pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return {pid: pss_kb(pid) for pid in found}
+from common import PamLogin, Sandbox, root_side, runit_services, throwaway_users, uid_processes
 
 
 def main() -> int:

@@ -3,6 +3,7 @@ users, the real libpam loading pam_turnstile.so, the real daemon."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -184,6 +185,30 @@ def test_core_service_that_never_comes_up_fails_the_login(runit_daemon, test_use
     assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
     assert "not ready after login_timeout" in d.log()
     assert "up so far: a" in d.log()
+
+
+def test_a_stale_run_status_does_not_count_as_up(runit_daemon, test_user, pam_module):
+    # A crash leaves supervise/stat saying "run". Here that service's runsv
+    # can never write a fresh one (its lock is held), so only the backend
+    # clearing the old file keeps the login from passing on stale news.
+    sv = Services(test_user)
+    d_svc = sv.add("stale", "exec sleep infinity")
+    sv.core("stale")
+    os.makedirs(f"{d_svc}/supervise")
+    with open(f"{d_svc}/supervise/stat", "w") as f:
+        f.write("run\n")
+    sv.own()
+    lock = os.open(f"{d_svc}/supervise/lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        d = runit_daemon(login_timeout=2)
+        with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+            with pytest.raises(PamFailure):
+                pam.open()
+        assert "not ready after login_timeout" in d.log()
+    finally:
+        os.close(lock)
+    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
 
 
 def test_killed_manager_is_restarted_then_given_up(runit_daemon, test_user, pam_module):
