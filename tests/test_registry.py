@@ -14,7 +14,7 @@ from turnstiled.config import Config
 from turnstiled.manager import ReadyReport
 from turnstiled.protocol import Handshake
 from turnstiled.registry import MAX_RESTARTS, LoginState, Registry
-from turnstiled.statefiles import StateDir
+from turnstiled.statefiles import StateDir, StateFiles
 from turnstiled.users import User
 
 USER = User("tsdfake", 4_000_123, 4_000_123, "/", "/bin/sh", (4_000_123,))
@@ -49,6 +49,25 @@ class FakeManager:
         self.events.manager_gone(self, status)
 
 
+class Recorder:
+    """A listener that notes what it hears: (event, login state or session id)."""
+
+    def __init__(self, heard: list) -> None:
+        self.heard = heard
+
+    def login_changed(self, login) -> None:
+        self.heard.append(("login_changed", login.public_state))
+
+    def login_ended(self, login) -> None:
+        self.heard.append(("login_ended", login.user.name))
+
+    def session_opened(self, session) -> None:
+        self.heard.append(("session_opened", session.id))
+
+    def session_closed(self, session) -> None:
+        self.heard.append(("session_closed", session.id))
+
+
 class Harness:
     def __init__(self, tmp_path, **config) -> None:
         settings = dict(backend="runit", state_dir=str(tmp_path / "state"),
@@ -66,8 +85,12 @@ class Harness:
             self.managers.append(m)
             return m
 
-        self.reg = Registry(Config(**settings), state, None, manager_factory=factory)
+        config = Config(**settings)
+        self.heard: list[tuple[str, str]] = []
+        self.reg = Registry(config, None, manager_factory=factory,
+                            listeners=[StateFiles(state, config), Recorder(self.heard)])
         self.state_dir = tmp_path / "state"
+        self.linger_dir = tmp_path / "linger"
 
     @property
     def manager(self) -> FakeManager:
@@ -89,6 +112,16 @@ class Harness:
 
     def open(self):
         return self.reg.open_session(USER, FACTS, 1)
+
+    def set_linger(self, on: bool) -> None:
+        """As enable-linger / disable-linger do: the file, then the registry."""
+        path = self.linger_dir / USER.name
+        if on:
+            path.parent.mkdir(exist_ok=True)
+            path.touch()
+        else:
+            path.unlink()
+        self.reg.linger_changed(USER)
 
     def close_all(self) -> None:
         for s in list(self.login().sessions.values()):
@@ -233,13 +266,11 @@ def test_the_stop_delay_keeps_the_manager_and_a_login_cancels_it(tmp_path):
 def test_linger_keeps_the_manager_and_turning_it_off_stops_it(tmp_path):
     async def main():
         h = Harness(tmp_path)
-        os.makedirs(tmp_path / "linger")
-        (tmp_path / "linger" / USER.name).touch()
+        h.set_linger(True)
         _into(h, "ready")
         h.close_all()
         assert h.state() == "lingering" and h.manager.stops == 0
-        (tmp_path / "linger" / USER.name).unlink()
-        h.reg.linger_changed(USER)
+        h.set_linger(False)
         assert h.state() == "stopping" and h.manager.stops == 1
         h.manager.gone()
         assert h.state() == "ended"
@@ -270,11 +301,61 @@ def test_linger_turned_on_during_the_stop_keeps_a_manager(tmp_path):
     async def main():
         h = Harness(tmp_path)
         _into(h, "stopping")
-        os.makedirs(tmp_path / "linger")
-        (tmp_path / "linger" / USER.name).touch()
-        h.reg.linger_changed(USER)
+        h.set_linger(True)
         h.manager.gone()
         assert h.state() == "starting" and len(h.managers) == 2
         h.manager.ready()
         assert h.state() == "lingering"
     run(main())
+
+
+def test_listeners_hear_each_change_once_and_in_order(tmp_path):
+    async def main():
+        h = Harness(tmp_path)
+        h.open()  # a new Login starts its manager, and the session joins it
+        assert h.heard == [("session_opened", "1"), ("login_changed", "starting")]
+        h.heard.clear()
+        h.manager.ready()
+        h.open()
+        assert h.heard == [("login_changed", "ready"), ("session_opened", "2"),
+                           ("login_changed", "ready")]
+        h.heard.clear()
+        h.close_all()  # one entry point per session
+        assert h.heard == [("session_closed", "1"), ("login_changed", "ready"),
+                           ("session_closed", "2"), ("login_changed", "stopping")]
+        h.heard.clear()
+        h.manager.gone()  # an ended Login is not also "changed"
+        assert h.heard == [("login_ended", USER.name)]
+    run(main())
+
+
+def test_linger_changes_reach_the_listeners(tmp_path):
+    async def main():
+        h = Harness(tmp_path)
+        _into(h, "ready")
+        h.heard.clear()
+        h.set_linger(True)
+        assert h.heard == [("login_changed", "ready")]
+        text = (tmp_path / "state" / "users" / str(USER.uid)).read_text()
+        assert "LINGER=1\n" in text
+    run(main())
+
+
+def test_a_failing_listener_breaks_nothing(tmp_path, caplog):
+    class Broken:
+        def __getattr__(self, name):
+            def fail(subject):
+                raise RuntimeError(name)
+            return fail
+
+    async def main():
+        h = Harness(tmp_path)
+        h.reg.listeners.insert(0, Broken())
+        s = h.open()
+        h.manager.ready()
+        assert s.outcome.result() is True and h.published() == "ready"
+        h.close_all()
+        h.manager.gone()
+        assert h.state() == "ended" and h.published() is None
+    run(main())
+    assert "Broken: login_changed failed" in caplog.text

@@ -15,15 +15,15 @@ import logging
 import os
 import time
 
-from . import __version__, linger
+from . import ADMIN_PROTOCOL, __version__, linger, views
 from .registry import Login, Registry, Session
 from .server import RateLimitedLog, peer_credentials
-from .users import User, lookup_name, lookup_uid
+from .users import User, lookup_name, lookup_uid, may_act_for
 
 log = logging.getLogger("turnstiled")
 _limited = RateLimitedLog()
 
-VERSION = 1
+VERSION = ADMIN_PROTOCOL
 MAX_REQUEST = 64 * 1024
 # Clients waiting for more than this between requests are dropped.
 IDLE_TIMEOUT = 60.0
@@ -175,33 +175,9 @@ class AdminServer:
 
     # -- views
 
-    def describe_user(self, login: Login) -> dict:
-        u, m = login.user, login.manager
-        return {
-            "uid": u.uid, "user": u.name, "state": login.public_state, "since": login.since,
-            "sessions": sorted(login.sessions, key=int), "backend": self.config.backend,
-            "manager_pid": m.pid if m else None,
-            "manager_since": m.since if m else None,
-            "linger": linger.wants_linger(self.config, u.name),
-            "runtime_dir": login.rundir,
-            "runtime_dir_managed": login.rundir_managed,
-            "runtime_dir_problem": login.rundir_problem or None,
-            "seats": sorted({s.facts.seat for s in login.sessions.values() if s.facts.seat}),
-        }
-
-    def describe_session(self, s: Session) -> dict:
-        f = s.facts
-        return {
-            "id": s.id, "uid": s.user.uid, "user": s.user.name, "seat": f.seat, "tty": f.tty,
-            "display": f.display, "class": f.klass, "type": f.type, "service": f.service,
-            "desktop": f.desktop, "vtnr": f.vtnr, "remote": f.remote,
-            "remote_host": f.remote_host, "remote_user": f.remote_user, "leader": s.leader,
-            "since": s.since,
-        }
-
     def user_status(self, login: Login) -> dict:
-        out = self.describe_user(login)
-        out["session_details"] = [self.describe_session(s) for s in login.sessions.values()]
+        out = views.user(login, self.config)
+        out["session_details"] = [views.session(s) for s in login.sessions.values()]
         ready = login.last_ready
         out["last_ready"] = None if ready is None else {
             "waited_ms": ready.waited_ms,
@@ -226,17 +202,17 @@ class AdminServer:
 
     def cmd_list_users(self, args: dict, peer_uid: int) -> list:
         logins = sorted(self.registry.logins.values(), key=lambda lg: lg.user.uid)
-        return [self.describe_user(lg) for lg in logins]
+        return [views.user(lg, self.config) for lg in logins]
 
     def cmd_list_sessions(self, args: dict, peer_uid: int) -> list:
         sessions = sorted(self.registry.sessions.values(), key=lambda s: int(s.id))
-        return [self.describe_session(s) for s in sessions]
+        return [views.session(s) for s in sessions]
 
     def cmd_show_user(self, args: dict, peer_uid: int) -> dict:
-        return self.describe_user(self._login(self._user_arg(args, peer_uid)))
+        return views.user(self._login(self._user_arg(args, peer_uid)), self.config)
 
     def cmd_show_session(self, args: dict, peer_uid: int) -> dict:
-        return self.describe_session(self._session_arg(args))
+        return views.session(self._session_arg(args))
 
     def cmd_user_status(self, args: dict, peer_uid: int) -> dict:
         user = self._user_arg(args, peer_uid)
@@ -260,7 +236,7 @@ class AdminServer:
             raise _bad(f"at most {MAX_USERS_PER_REQUEST} users per request")
         users = [self._user_arg({"user": n}, peer_uid) for n in names]
         for user in users:
-            if peer_uid != 0 and user.uid != peer_uid:
+            if not may_act_for(peer_uid, user.uid):
                 raise _refused(f"only root may change linger for {user.name}")
         reason = linger.disabled_reason(self.config) if enabled else None
         for user in users:
@@ -277,7 +253,7 @@ class AdminServer:
 
     def cmd_terminate_session(self, args: dict, peer_uid: int) -> dict:
         session = self._session_arg(args)
-        if peer_uid != 0 and session.user.uid != peer_uid:
+        if not may_act_for(peer_uid, session.user.uid):
             raise _refused(f"session {session.id} belongs to {session.user.name}")
         self.registry.terminate_session(session)
         log.info("session %s terminated by uid %d", session.id, peer_uid)
@@ -285,7 +261,7 @@ class AdminServer:
 
     def cmd_terminate_user(self, args: dict, peer_uid: int) -> dict:
         user = self._user_arg(args, peer_uid)
-        if peer_uid != 0 and user.uid != peer_uid:
+        if not may_act_for(peer_uid, user.uid):
             raise _refused(f"only root may terminate {user.name}")
         login = self._login(user)
         count = len(login.sessions)

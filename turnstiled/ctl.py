@@ -14,9 +14,11 @@ import sys
 import time
 from collections.abc import Callable
 
+from . import ADMIN_PROTOCOL
+from .config import Config
 from .text import escape
 
-DEFAULT_ADMIN_SOCKET = "/run/turnstiled/admin.sock"
+DEFAULT_ADMIN_SOCKET = Config.admin_socket_path
 
 
 class CtlError(Exception):
@@ -33,7 +35,8 @@ def request(path: str, cmd: str, args: dict | None = None, timeout: float = 30.0
         raise CtlError(f"cannot reach turnstiled at {path} ({err.strerror}); is it running? "
                        "Start it with `sv up turnstiled` (runit) or run `turnstiled`") from None
     with sock:
-        sock.sendall(json.dumps({"v": 1, "cmd": cmd, "args": args or {}}).encode() + b"\n")
+        line = json.dumps({"v": ADMIN_PROTOCOL, "cmd": cmd, "args": args or {}})
+        sock.sendall(line.encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)

@@ -15,7 +15,7 @@ from .children import Children
 from .config import Config
 from .registry import Registry
 from .server import ControlServer, RateLimitedLog, listen_unix
-from .statefiles import StateDir
+from .statefiles import StateDir, StateFiles
 
 log = logging.getLogger("turnstiled")
 
@@ -62,7 +62,7 @@ async def serve(config: Config) -> None:
     children.attach(asyncio.get_running_loop())
     state = StateDir(config.state_dir)
     state.prepare()
-    registry = Registry(config, state, children, user_nofile)
+    registry = Registry(config, children, user_nofile, listeners=[StateFiles(state, config)])
     control = ControlServer(registry)
     admin_server = await asyncio.start_unix_server(
         AdminServer(registry).handle, sock=listen_unix(config.admin_socket_path, 0o666),

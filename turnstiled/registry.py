@@ -7,6 +7,9 @@ manager supervisor reports back through the ManagerEvents methods.
 Login states: starting -> ready -> stopping, plus failed; a Login with no
 sessions whose manager is kept (linger, stop delay) is published as
 lingering. A Login with no sessions and no manager is removed.
+
+What changed reaches the listeners (the state files; see Listener) when the
+entry point that changed it returns: once per Login, in order.
 """
 
 from __future__ import annotations
@@ -14,19 +17,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from . import linger, rundir
 from .children import Children
 from .config import Config
 from .manager import Manager, ReadyReport
 from .protocol import Handshake
-from .statefiles import StateDir
 from .text import escape
 from .users import User, lookup_name, lookup_uid
 
@@ -107,12 +111,38 @@ class Login:
         return self.state.value
 
 
+class Listener(Protocol):
+    """Hears every change to Logins and Sessions. A Login whose fields
+    changed (state, sessions, manager, linger) is told once per entry point
+    into the registry, after the session events of that entry point."""
+
+    def login_changed(self, login: Login) -> None: ...
+    def login_ended(self, login: Login) -> None: ...
+    def session_opened(self, session: Session) -> None: ...
+    def session_closed(self, session: Session) -> None: ...
+
+
+def _entry_point(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks a way into the registry (a request, a manager event, a timer):
+    the listeners hear what it changed when it returns, not halfway."""
+
+    @functools.wraps(method)
+    def run(self: Registry, *args: Any, **kwargs: Any) -> Any:
+        self._depth += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._depth -= 1
+            if not self._depth:
+                self._tell_listeners()
+    return run
+
+
 class Registry:
-    def __init__(self, config: Config, state: StateDir, children: Children,
-                 user_nofile: int = 1024, manager_factory: Callable[..., Manager] = Manager,
-                 ) -> None:
+    def __init__(self, config: Config, children: Children, user_nofile: int = 1024,
+                 manager_factory: Callable[..., Manager] = Manager,
+                 listeners: Iterable[Listener] = ()) -> None:
         self.config = config
-        self.state = state
         self.children = children
         # The descriptor limit users' managers start with (ours is raised).
         self.user_nofile = user_nofile
@@ -126,6 +156,11 @@ class Registry:
         self._emptied = asyncio.Event()
         self._emptied.set()
         self._removals: set[asyncio.Future] = set()
+        self.listeners = list(listeners)
+        # What the running entry point changed, for the listeners.
+        self._depth = 0
+        self._events: list[tuple[str, Login | Session]] = []
+        self._changed: dict[int, Login] = {}
 
     # -- sessions (called by the server)
 
@@ -136,6 +171,7 @@ class Registry:
         login = self.logins.get(uid)
         return login.user if login is not None else lookup_uid(uid)
 
+    @_entry_point
     def open_session(self, user: User, facts: Handshake, leader: int) -> Session:
         login = self.logins.get(user.uid)
         if login is None:
@@ -144,6 +180,8 @@ class Registry:
         self._next_id += 1
         login.sessions[session.id] = session
         self.sessions[session.id] = session
+        self._events.append(("session_opened", session))
+        self._touch(login)
         self._cancel_stop_delay(login)
         log.info("session %s opened: %s (uid %d) via %s, tty %s", session.id, user.name,
                  user.uid, escape(facts.service), escape(facts.tty))
@@ -154,21 +192,20 @@ class Registry:
         elif login.state in (LoginState.STOPPING, LoginState.FAILED):
             # The old manager is still on its way out; start afresh after it.
             login.start_again = True
-        self._publish_session(session)
-        self._publish_login(login)
         return session
 
+    @_entry_point
     def close_session(self, session: Session) -> None:
         if self.sessions.pop(session.id, None) is None:
             return
         session.resolve(False)
         login = self.logins[session.user.uid]
         del login.sessions[session.id]
-        self.state.remove_session(session.id)
+        self._events.append(("session_closed", session))
+        self._touch(login)
         log.info("session %s closed: %s", session.id, session.user.name)
         if not login.sessions:
             self._last_session_gone(login)
-        self._publish_login(login)
 
     def env_for(self, session: Session) -> dict[str, str]:
         """The environment the PAM module exports into the session."""
@@ -188,6 +225,7 @@ class Registry:
 
     # -- admin requests
 
+    @_entry_point
     def start_lingering(self) -> None:
         """Starts the managers of lingering users (at daemon start, as logind)."""
         for name in linger.lingering_users(self.config):
@@ -197,9 +235,12 @@ class Registry:
             elif user.uid not in self.logins:
                 self._linger_login(user)
 
+    @_entry_point
     def linger_changed(self, user: User) -> None:
         """Applies a changed linger file at once, not only at the next logout."""
         login = self.logins.get(user.uid)
+        if login is not None:
+            self._touch(login)
         if linger.wants_linger(self.config, user.name):
             if login is None:
                 self._linger_login(user)
@@ -210,10 +251,12 @@ class Registry:
         elif login is not None and not login.sessions:
             self._stop(login)
 
+    @_entry_point
     def terminate_session(self, session: Session) -> None:
         session.close_connection()
         self.close_session(session)
 
+    @_entry_point
     def terminate_user(self, uid: int) -> None:
         login = self.logins.get(uid)
         if login is None:
@@ -232,7 +275,6 @@ class Registry:
             log.error("cannot start the lingering manager of %s: %s", user.name, err)
             return
         log.info("%s lingers: manager started without a login", user.name)
-        self._publish_login(self.logins[user.uid])
 
     # -- the Login state machine
 
@@ -290,6 +332,7 @@ class Registry:
             log.debug("login of %s: %s -> %s", login.user.name, login.state, state)
         login.state = state
         login.since = time.time()
+        self._touch(login)
 
     def _set_ready(self, login: Login) -> None:
         self._set_state(login, LoginState.READY)
@@ -310,6 +353,7 @@ class Registry:
         return (login.manager is not None and login.state in (LoginState.STARTING, LoginState.READY)
                 and linger.wants_linger(self.config, login.user.name))
 
+    @_entry_point
     def _stop_delay_over(self, login: Login) -> None:
         login.stop_timer = None
         if not login.sessions and not self._keeps_manager(login):
@@ -329,14 +373,13 @@ class Registry:
         if login.state is not LoginState.FAILED:
             self._set_state(login, LoginState.STOPPING)
         login.manager.stop()
-        self._publish_login(login)
 
     def _end_login(self, login: Login) -> None:
         self._cancel_stop_delay(login)
         del self.logins[login.user.uid]
         if login.rundir_managed:
             self._remove_rundir(login.rundir)
-        self.state.remove_user(login.user.uid)
+        self._events.append(("login_ended", login))
         log.info("login of %s ended", login.user.name)
         if not self.logins:
             self._emptied.set()
@@ -363,6 +406,7 @@ class Registry:
         login = self.logins.get(manager.user.uid)
         return login if login is not None and login.manager is manager else None
 
+    @_entry_point
     def manager_ready(self, manager: Manager, report: ReadyReport) -> None:
         login = self._login_of(manager)
         if login is None or login.state is not LoginState.STARTING:
@@ -374,8 +418,8 @@ class Registry:
         self._set_ready(login)
         if not login.sessions and not self._keeps_manager(login):
             self._stop(login)
-        self._publish_login(login)
 
+    @_entry_point
     def manager_failed(self, manager: Manager, reason: str) -> None:
         login = self._login_of(manager)
         if login is None:
@@ -385,8 +429,8 @@ class Registry:
             self._set_state(login, LoginState.FAILED)
             for session in login.sessions.values():
                 session.resolve(False)
-            self._publish_login(login)
 
+    @_entry_point
     def manager_gone(self, manager: Manager, status: int | None) -> None:
         login = self._login_of(manager)
         if login is None:
@@ -397,6 +441,7 @@ class Registry:
         again = login.start_again and (bool(login.sessions) or linger.wants_linger(
             self.config, login.user.name))
         login.manager = None
+        self._touch(login)
         if login.state is LoginState.STARTING:
             # A manager reports its failure before it goes; should one not,
             # its waiting sessions must still get their answer.
@@ -411,8 +456,6 @@ class Registry:
             self._start(login)
         elif not login.sessions:
             self._end_login(login)
-            return
-        self._publish_login(login)
 
     def _restart_after_crash(self, login: Login, status: int | None) -> None:
         now = time.monotonic()
@@ -433,13 +476,7 @@ class Registry:
 
     async def shutdown(self, timeout: float) -> None:
         """Ends every session and Login; waits (bounded) for managers to go."""
-        for login in list(self.logins.values()):
-            for session in list(login.sessions.values()):
-                session.close_connection()
-                self.close_session(session)
-            login.start_again = False
-            if self.logins.get(login.user.uid) is login:
-                self._stop(login)
+        self._stop_all()
         try:
             await asyncio.wait_for(self._emptied.wait(), timeout)
         except TimeoutError:
@@ -448,27 +485,34 @@ class Registry:
         if self._removals:
             await asyncio.wait(self._removals, timeout=timeout)
 
-    # -- published state
+    @_entry_point
+    def _stop_all(self) -> None:
+        for login in list(self.logins.values()):
+            for session in list(login.sessions.values()):
+                session.close_connection()
+                self.close_session(session)
+            login.start_again = False
+            if self.logins.get(login.user.uid) is login:
+                self._stop(login)
 
-    def _publish_login(self, login: Login) -> None:
-        if self.logins.get(login.user.uid) is not login:
-            return
-        sessions = " ".join(login.sessions)
-        seats = " ".join(sorted({s.facts.seat for s in login.sessions.values() if s.facts.seat}))
-        self.state.write_user(login.user.uid, {
-            "NAME": login.user.name, "STATE": login.public_state, "RUNTIME": login.rundir,
-            "SESSIONS": sessions, "SEATS": seats, "BACKEND": self.config.backend,
-            "MANAGER_PID": (login.manager.pid or "") if login.manager else "",
-            "LINGER": linger.wants_linger(self.config, login.user.name),
-            "SINCE": int(login.since * 1_000_000),
-        })
+    # -- the listeners
 
-    def _publish_session(self, session: Session) -> None:
-        f = session.facts
-        self.state.write_session(session.id, {
-            "UID": session.user.uid, "USER": session.user.name, "ACTIVE": True,
-            "REMOTE": f.remote, "TYPE": f.type, "CLASS": f.klass, "SEAT": f.seat, "TTY": f.tty,
-            "DISPLAY": f.display, "SERVICE": f.service, "DESKTOP": f.desktop, "VTNR": f.vtnr,
-            "LEADER": session.leader, "REMOTE_HOST": f.remote_host,
-            "REMOTE_USER": f.remote_user, "REALTIME": int(session.since * 1_000_000),
-        })
+    def _touch(self, login: Login) -> None:
+        """login's public fields changed: its listeners hear of it."""
+        self._changed[id(login)] = login
+
+    def _tell_listeners(self) -> None:
+        events, self._events = self._events, []
+        changed, self._changed = self._changed, {}
+        for name, subject in events:
+            self._tell(name, subject)
+        for login in changed.values():
+            if self.logins.get(login.user.uid) is login:  # not ended meanwhile
+                self._tell("login_changed", login)
+
+    def _tell(self, name: str, subject: Login | Session) -> None:
+        for listener in self.listeners:
+            try:
+                getattr(listener, name)(subject)
+            except Exception:  # a view must never break the registry
+                log.exception("%s: %s failed", type(listener).__name__, name)

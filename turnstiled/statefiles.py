@@ -1,4 +1,5 @@
-"""Published state: one KEY=VALUE file per user and per session.
+"""Published state: one KEY=VALUE file per user and per session (fields in
+turnstiled/views.py), kept by a listener of the registry.
 
 Readers (turnstilectl, scripts, other tools) never see a half-written file:
 each is written to a temporary name and renamed into place.
@@ -9,8 +10,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from typing import TYPE_CHECKING
 
+from . import views
+from .config import Config
 from .text import escape
+
+if TYPE_CHECKING:
+    from .registry import Login, Session
 
 log = logging.getLogger("turnstiled")
 
@@ -39,6 +46,25 @@ class StateDir:
 
     def remove_session(self, sid: str) -> None:
         _unlink(os.path.join(self.sessions, sid))
+
+
+class StateFiles:
+    """The registry's listener that keeps the state files true."""
+
+    def __init__(self, state: StateDir, config: Config) -> None:
+        self.state, self.config = state, config
+
+    def login_changed(self, login: Login) -> None:
+        self.state.write_user(login.user.uid, views.user_file(login, self.config))
+
+    def login_ended(self, login: Login) -> None:
+        self.state.remove_user(login.user.uid)
+
+    def session_opened(self, session: Session) -> None:
+        self.state.write_session(session.id, views.session_file(session))
+
+    def session_closed(self, session: Session) -> None:
+        self.state.remove_session(session.id)
 
 
 def _write(directory: str, name: str, fields: dict[str, object]) -> None:

@@ -1,4 +1,4 @@
-"""Password database lookups, done once per Login."""
+"""Password database lookups, done once per Login, and who may act for whom."""
 
 from __future__ import annotations
 
@@ -41,3 +41,10 @@ def _from_pw(pw: pwd.struct_passwd) -> User:
         groups = (pw.pw_gid,)
     return User(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir or "/", pw.pw_shell or "/bin/sh",
                 groups)
+
+
+def may_act_for(peer_uid: int, owner_uid: int) -> bool:
+    """Whether a peer (known from SO_PEERCRED, never from what it says) may
+    change what belongs to owner_uid: end their sessions, set their linger.
+    Root may; so may the owner."""
+    return peer_uid in (0, owner_uid)

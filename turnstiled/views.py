@@ -1,0 +1,77 @@
+"""What a Login and a Session look like from outside: one description, two
+renderings.
+
+- The admin socket (doc/admin-protocol.md) sends the description as it is:
+  lower-case keys, JSON values, times in seconds since the epoch.
+- The state files (/run/turnstiled/users/UID, /run/turnstiled/sessions/ID,
+  for scripts) carry the same fields as KEY=VALUE lines: the key upper-cased
+  (or its old name, below), lists space-separated, booleans 1 or 0, None
+  empty, times in microseconds since the epoch.
+
+A field added here reaches both; state-file readers ignore keys they do not
+know, admin clients too (within version 1).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import linger
+from .config import Config
+
+if TYPE_CHECKING:
+    from .registry import Login, Session
+
+# State-file keys that are not the field's name upper-cased (kept for the
+# readers that already use them).
+_FILE_KEYS = {"user": "NAME", "runtime_dir": "RUNTIME"}
+_SESSION_FILE_KEYS = {"since": "REALTIME"}
+# Fields holding a time.time() value.
+_TIMES = {"since", "manager_since"}
+
+
+def user(login: Login, config: Config) -> dict[str, object]:
+    u, m = login.user, login.manager
+    return {
+        "uid": u.uid, "user": u.name, "state": login.public_state, "since": login.since,
+        "sessions": sorted(login.sessions, key=int), "backend": config.backend,
+        "manager_pid": m.pid if m else None,
+        "manager_since": m.since if m else None,
+        "linger": linger.wants_linger(config, u.name),
+        "runtime_dir": login.rundir,
+        "runtime_dir_managed": login.rundir_managed,
+        "runtime_dir_problem": login.rundir_problem or None,
+        "seats": sorted({s.facts.seat for s in login.sessions.values() if s.facts.seat}),
+    }
+
+
+def session(s: Session) -> dict[str, object]:
+    f = s.facts
+    return {
+        "id": s.id, "uid": s.user.uid, "user": s.user.name, "active": True, "seat": f.seat,
+        "tty": f.tty, "display": f.display, "class": f.klass, "type": f.type,
+        "service": f.service, "desktop": f.desktop, "vtnr": f.vtnr, "remote": f.remote,
+        "remote_host": f.remote_host, "remote_user": f.remote_user, "leader": s.leader,
+        "since": s.since,
+    }
+
+
+def user_file(login: Login, config: Config) -> dict[str, object]:
+    return _file_fields(user(login, config), _FILE_KEYS)
+
+
+def session_file(s: Session) -> dict[str, object]:
+    return _file_fields(session(s), _SESSION_FILE_KEYS)
+
+
+def _file_fields(view: dict[str, object], renamed: dict[str, str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in view.items():
+        if value is None:
+            value = ""
+        elif key in _TIMES:
+            value = int(value * 1_000_000)
+        elif isinstance(value, list):
+            value = " ".join(map(str, value))
+        out[renamed.get(key, key.upper())] = value
+    return out
