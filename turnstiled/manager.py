@@ -11,6 +11,7 @@ channel are readers, the holder's exit a SIGCHLD, the timeout a timer.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import signal
@@ -44,6 +45,16 @@ class ReadyReport:
     services: list[tuple[str, float]] = field(default_factory=list)
 
 
+class ManagerPhase(enum.StrEnum):
+    """Where one run of a manager is. It only moves forward: starting ->
+    ready -> stopping -> gone, skipping any (a failed start stops; a holder
+    that cannot be spawned is gone at once)."""
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    GONE = "gone"
+
+
 class ManagerEvents(Protocol):
     def manager_ready(self, manager: Manager, report: ReadyReport) -> None: ...
     def manager_failed(self, manager: Manager, reason: str) -> None: ...
@@ -60,7 +71,7 @@ class Manager:
         self.backend = os.path.join(config.backend_dir, config.backend)
         self.pid: int | None = None
         self.since = time.time()
-        self.phase = "starting"  # starting, ready, stopping, gone
+        self.phase = ManagerPhase.STARTING
         self._t0 = time.monotonic()
         self._services: list[tuple[str, float]] = []
         self._holder_pid: int | None = None
@@ -89,9 +100,9 @@ class Manager:
 
     def stop(self) -> None:
         """Asks the manager to stop; `manager_gone` follows once nothing remains."""
-        if self.phase in ("stopping", "gone"):
+        if self.phase in (ManagerPhase.STOPPING, ManagerPhase.GONE):
             return
-        self.phase = "stopping"
+        self._set_phase(ManagerPhase.STOPPING)
         self._cancel_timer()
         self._close_fifo()
         if self._channel is not None:  # else the holder is on its way out
@@ -169,7 +180,7 @@ class Manager:
         elif verb == "up":
             # Printed by the user's own ready config: counted while starting,
             # once per name, and never more than a bounded list.
-            if (self.phase == "starting" and len(self._services) < MAX_SERVICES
+            if (self.phase is ManagerPhase.STARTING and len(self._services) < MAX_SERVICES
                     and all(arg != n for n, _ in self._services)):
                 self._services.append((arg, self._elapsed_ms()))
         elif verb == "ready-exit":
@@ -177,9 +188,9 @@ class Manager:
         elif verb == "exit":
             self._status = int(arg)
             self.pid = None
-            if self.phase == "starting":
+            if self.phase is ManagerPhase.STARTING:
                 self._fail(f"the manager exited with status {self._status} before it was ready")
-            elif self.phase == "ready":
+            elif self.phase is ManagerPhase.READY:
                 log.warning("manager of %s exited with status %d", self.user.name, self._status)
         elif verb == "error":
             self._fail(arg)
@@ -204,25 +215,25 @@ class Manager:
         self._send("ready", text)
 
     def _on_ready_exit(self, code: int) -> None:
-        if self.phase != "starting":
+        if self.phase is not ManagerPhase.STARTING:
             return
         if code != 0:
             self._fail(f"the backend's ready exited with status {code}")
             return
-        self.phase = "ready"
+        self._set_phase(ManagerPhase.READY)
         self._cancel_timer()
         report = ReadyReport(self._elapsed_ms(), self._services)
         self.events.manager_ready(self, report)
 
     def _timed_out(self) -> None:
         self._timer = None
-        if self.phase == "starting":
+        if self.phase is ManagerPhase.STARTING:
             waited = ", ".join(n for n, _ in self._services) or "nothing yet"
             self._fail(f"not ready after login_timeout ({self.config.login_timeout:g} s; "
                        f"up so far: {waited})")
 
     def _fail(self, reason: str) -> None:
-        if self.phase not in ("starting", "ready"):
+        if self.phase not in (ManagerPhase.STARTING, ManagerPhase.READY):
             log.debug("manager of %s: %s (while %s)", self.user.name, reason, self.phase)
             return
         log.error("manager of %s failed: %s", self.user.name, reason)
@@ -257,7 +268,7 @@ class Manager:
             self._finish()
 
     def _finish(self) -> None:
-        if self.phase == "gone":
+        if self.phase is ManagerPhase.GONE:
             return
         self._cancel_timer()
         self._close_fifo()
@@ -270,11 +281,16 @@ class Manager:
             dead = None
         if dead is not None:
             self._cleanup = asyncio.get_running_loop().run_in_executor(None, remove_tree, dead)
-        self.phase = "gone"
+        self._set_phase(ManagerPhase.GONE)
         self.pid = None
         self.events.manager_gone(self, self._status)
 
     # -- plumbing
+
+    def _set_phase(self, phase: ManagerPhase) -> None:
+        order = list(ManagerPhase)  # declaration order is the only way forward
+        assert order.index(phase) > order.index(self.phase), f"{self.phase} -> {phase}"
+        self.phase = phase
 
     def _send(self, verb: str, *fields: str) -> None:
         self._send_packet(holderlink.encode(verb, *fields))
@@ -290,7 +306,7 @@ class Manager:
         except BlockingIOError:
             problem = "the holder does not read its channel"
         except OSError as err:
-            if self.phase == "stopping":
+            if self.phase is ManagerPhase.STOPPING:
                 return  # the holder is on its way out; its exit finishes us
             problem = f"the holder's channel is closed ({err.strerror})"
         verb = packet.split(b"\0", 1)[0].decode()
