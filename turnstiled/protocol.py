@@ -1,4 +1,21 @@
-"""The PAM <-> daemon wire protocol (PROTOCOL.md), as pure functions.
+"""The PAM <-> daemon wire protocol, its contract and its pure functions.
+
+The client (pam/pam_turnstile.c, or upstream turnstile's module) connects to
+the control socket (SOCK_STREAM, mode 0666; only a root peer may register a
+session) and the exchange is:
+
+    client  START, uid (unsigned int), vt (unsigned long, 0: none),
+            remote (bool), then FIELDS in order: each a size_t length and
+            that many bytes, no NUL, the length within its bounds
+    server  OK_DONE when the user's manager is ready; else OK_WAIT and,
+            later, OK_DONE or ERR (failed, timed out) and close
+    client  REQ_ENV
+    server  ENV, an unsigned int length, then NAME=value\0 entries
+            (XDG_RUNTIME_DIR, DBUS_SESSION_BUS_ADDRESS; length 0: none)
+
+The client then holds the connection for the whole session: its close is
+the logout. Anything else (an unknown byte, a length out of bounds, a
+non-root peer) gets ERR where a reply is still possible, and the close.
 
 Integers are native byte order and size, as upstream turnstile's C++ sends
 them, so either side can be swapped for upstream's. Nothing else in the
