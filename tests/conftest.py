@@ -31,6 +31,8 @@ MODULE_REL = "pam/pam_turnstile.so"
 MODULE_ENV = "TURNSTILED_TEST_PAM_MODULE"
 HOLDER_REL = "holder/turnstiled-holder"
 HOLDER_ENV = "TURNSTILED_TEST_HOLDER"
+FDSTORE_REL = "holder/turnstiled-fdstore"
+FDSTORE_ENV = "TURNSTILED_TEST_FDSTORE"
 USER_PREFIX = "tsdt"
 N_TEST_USERS = 4
 N_MANY_USERS = 40
@@ -174,6 +176,11 @@ def build_module() -> Path:
 def build_holder() -> Path:
     """holder/turnstiled-holder ($TURNSTILED_TEST_HOLDER names another)."""
     return _build(HOLDER_REL, "holder/turnstiled-holder.c", HOLDER_ENV)
+
+
+def build_fdstore() -> Path:
+    """holder/turnstiled-fdstore ($TURNSTILED_TEST_FDSTORE names another)."""
+    return _build(FDSTORE_REL, "holder/turnstiled-fdstore.c", FDSTORE_ENV)
 
 
 @pytest.fixture(scope="session")
