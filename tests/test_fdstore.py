@@ -339,11 +339,11 @@ def test_a_peer_that_is_not_root_is_closed_at_once(stores, test_user):
 
 
 def test_a_peer_that_is_not_root_does_not_stop_the_timer(stores, test_user):
-    store = stores(1500)
+    store = stores(2000)
     start = time.monotonic()
     assert connect_as(test_user, store.path) == ["0", "0"]
     assert store.wait(5) == 0
-    assert time.monotonic() - start >= 1.4
+    assert time.monotonic() - start >= 1.9
 
 
 def test_the_newest_connection_wins(stores):
@@ -383,21 +383,21 @@ def test_with_no_connection_it_closes_everything_when_the_timer_runs_out(stores)
 
 
 def test_a_connection_stops_the_timer(stores):
-    store = stores(600)
-    time.sleep(0.3)
+    store = stores(800)
+    time.sleep(0.2)
     sock = store.connect()
     assert adopt(sock) == []
     r, w = pipe_for_store()
     kept_with(store, sock, (b"p", w))
-    time.sleep(0.6)
+    time.sleep(0.9)
     assert store.poll() is None
     sock.close()
-    time.sleep(0.3)
-    sock = store.connect()  # within the new 600 ms
+    time.sleep(0.2)
+    sock = store.connect()  # within the new 800 ms
     entries = adopt(sock)
     assert same_pipe(entries[0][2], r)
     close_all(entries)
-    time.sleep(0.6)
+    time.sleep(0.9)
     assert store.poll() is None
     sock.close()
     assert at_eof(r, 5)
