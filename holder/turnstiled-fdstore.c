@@ -29,8 +29,8 @@
  * any other peer is closed at once. It serves one connection at a time: a
  * new root connection replaces the open one, the newest daemon being the
  * live one. Before it lets go of a connection, for whatever reason, the
- * store carries out the packets that connection had already sent, so
- * nothing a daemon sent before it died is lost.
+ * store carries out the packets that connection had already sent (up to
+ * 65536 of them), so nothing a daemon sent before it died is lost.
  *
  * A packet is one message: NUL-separated fields, the verb first, at most
  * 65536 bytes. NAME is 1 to 64 bytes, none of them NUL or a control
@@ -62,8 +62,9 @@
  * an over-long packet, more than one fd, an fd on drop or quit) is logged
  * and ignored, and every fd it carried is closed. Complaints about input
  * (bad packets, refused peers, entries not kept) are one line each, at
- * most 20 in 10 s; the number left out is logged later. No input makes
- * the store exit, other than quit, or keeps an fd it was not asked to.
+ * most 20 in 10 s; how many were left out is logged with the next one
+ * let through, or at exit. No input makes the store exit, other than
+ * quit, or keep an fd it was not asked to keep.
  *
  * Limits. The store keeps at most 65536 entries, and gives fds to no more
  * of them than its descriptor limit allows, less 8 it keeps for itself.
