@@ -7,7 +7,14 @@
  * (XDG_RUNTIME_DIR, DBUS_SESSION_BUS_ADDRESS). The connection then stays
  * open for the whole session: the daemon ends the session when it sees EOF,
  * which happens at pam_close_session, at pam_end, or when the login process
- * dies. The wire format is described in PROTOCOL.md.
+ * dies. The wire format is described in turnstiled/protocol.py.
+ *
+ * A daemon that is restarting is waited for, within the same timeout: a
+ * socket nobody listens on (the daemon died or is being replaced; it
+ * leaves its socket in place), or a connection closed before any answer
+ * (it died before it registered the session) mean "try again shortly", not
+ * "fail the login". No socket at all is waited for only NO_SOCKET_WAIT
+ * seconds: the daemon starting at boot, not a system without it.
  *
  * The module is a thin client: no policy, no global mutable state.
  */
@@ -36,6 +43,9 @@
 #define DEFAULT_TIMEOUT 60
 #define DATA_KEY "pam_turnstile_fd"
 #define MAX_ENV (64u * 1024u)
+/* Between attempts to reach a daemon that is restarting. */
+#define RETRY_MS 100
+#define NO_SOCKET_WAIT 10
 
 enum message {
     MSG_OK_WAIT = 1,
@@ -392,8 +402,25 @@ static int io_failed(pam_handle_t *pamh, const struct options *opt, enum io r,
     return PAM_SESSION_ERR;
 }
 
-/* A fd connected to the daemon, or -1 with the reason logged. */
-static int connect_daemon(pam_handle_t *pamh, const struct options *opt)
+/* Sleeps RETRY_MS, or what is left of the deadline; false if nothing is. */
+static bool pause_before_retry(const struct timespec *deadline)
+{
+    int ms = ms_left(deadline);
+    if (ms == 0)
+        return false;
+    if (ms > RETRY_MS)
+        ms = RETRY_MS;
+    struct timespec t = {.tv_sec = 0, .tv_nsec = (long)ms * 1000000L};
+    while (nanosleep(&t, &t) < 0 && errno == EINTR)
+        ;
+    return true;
+}
+
+/* A fd connected to the daemon, or -1 with the reason logged. While the
+ * daemon restarts (no socket, or nobody listening on it), tries again
+ * until the deadline. */
+static int connect_daemon(pam_handle_t *pamh, const struct options *opt,
+                          const struct timespec *deadline)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     size_t plen = strlen(opt->socket_path);
@@ -417,9 +444,29 @@ static int connect_daemon(pam_handle_t *pamh, const struct options *opt)
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 
     int r;
-    do {
+    bool said = false;
+    struct timespec no_socket = deadline_in(NO_SOCKET_WAIT);
+    for (;;) {
         r = connect(fd, (const struct sockaddr *)&addr, sizeof(addr));
-    } while (r < 0 && errno == EINTR);
+        if (r == 0)
+            break;
+        if (errno == EINTR)
+            continue;
+        if (errno != ENOENT && errno != ECONNREFUSED)
+            break;
+        int why = errno;
+        if (!said && opt->debug)
+            pam_syslog(pamh, LOG_DEBUG, "turnstiled is not there (%s); waiting for it",
+                       strerror(why));
+        said = true;
+        const struct timespec *until = deadline;
+        if (why == ENOENT && ms_left(&no_socket) < ms_left(deadline))
+            until = &no_socket;
+        if (!pause_before_retry(until)) {
+            errno = why;
+            break;
+        }
+    }
     if (r < 0) {
         if (errno == EAGAIN || errno == ETIMEDOUT)
             pam_syslog(pamh, LOG_ERR,
@@ -493,19 +540,36 @@ static int unexpected(pam_handle_t *pamh, unsigned char msg, const char *when)
     return PAM_SESSION_ERR;
 }
 
-/* Handshake, wait for readiness, fetch and export the environment. */
+/* Whether a failed first exchange means the daemon went away before it took
+ * the session (it is restarting): then the whole exchange is tried again. */
+static bool hung_up_early(enum io r)
+{
+    return r == IO_EOF || (r == IO_FAIL && (errno == EPIPE || errno == ECONNRESET));
+}
+
+/* Handshake, wait for readiness, fetch and export the environment. Sets
+ * *again when the daemon hung up before its first answer. */
 static int run_session(pam_handle_t *pamh, const struct options *opt, int fd,
-                       const struct facts *f, const struct timespec *deadline)
+                       const struct facts *f, const struct timespec *deadline,
+                       bool *again)
 {
     enum io r = send_handshake(fd, f);
-    if (r != IO_OK)
-        return io_failed(pamh, opt, r, "sending the session");
+    if (r != IO_OK) {
+        *again = hung_up_early(r);
+        return *again ? PAM_SESSION_ERR : io_failed(pamh, opt, r, "sending the session");
+    }
 
     unsigned char msg;
+    bool answered = false;
     for (;;) {
         r = recv_all(fd, &msg, 1, deadline);
+        if (r != IO_OK && !answered && hung_up_early(r)) {
+            *again = true;
+            return PAM_SESSION_ERR;
+        }
         if (r != IO_OK)
             return io_failed(pamh, opt, r, "waiting for the user's services");
+        answered = true;
         if (msg == MSG_OK_DONE)
             break;
         if (msg != MSG_OK_WAIT)
@@ -591,12 +655,27 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc,
     }
     /* One deadline for the whole wait, however the daemon splits its answer. */
     struct timespec deadline = deadline_in(opt.timeout);
-    *fdp = connect_daemon(pamh, &opt);
-    if (*fdp < 0) {
-        free(fdp);
-        return PAM_SESSION_ERR;
+    for (;;) {
+        *fdp = connect_daemon(pamh, &opt, &deadline);
+        if (*fdp < 0) {
+            free(fdp);
+            return PAM_SESSION_ERR;
+        }
+        bool again = false;
+        ret = run_session(pamh, &opt, *fdp, &f, &deadline, &again);
+        if (!again)
+            break;
+        close(*fdp);
+        if (opt.debug)
+            pam_syslog(pamh, LOG_DEBUG, "turnstiled hung up before answering; trying again");
+        if (!pause_before_retry(&deadline)) {
+            pam_syslog(pamh, LOG_ERR,
+                       "turnstiled did not answer within %d s (it kept hanging up)",
+                       opt.timeout);
+            free(fdp);
+            return PAM_SESSION_ERR;
+        }
     }
-    ret = run_session(pamh, &opt, *fdp, &f, &deadline);
     if (ret == PAM_SUCCESS) {
         ret = pam_set_data(pamh, DATA_KEY, fdp, close_fd);
         if (ret == PAM_SUCCESS) {

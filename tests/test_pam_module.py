@@ -386,24 +386,27 @@ def fails_with_session_err(login: PamLogin, **kw) -> float:
 
 
 @pytest.mark.parametrize("kind", ["missing", "refused"])
-def test_no_daemon_fails_fast_in_process(kind, sandbox, confdir, pam_module, test_user):
+def test_no_daemon_fails_at_the_timeout_in_process(kind, sandbox, confdir, pam_module,
+                                                   test_user):
+    """Waited for until timeout= (a restarting daemon; test_pam_retry.py)."""
     path = str(sandbox / "nothing.sock")
     if kind == "refused":
         # A stale socket file nobody listens on: connect() gets ECONNREFUSED.
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.bind(path)
         s.close()
-    service = module_service(confdir, pam_module, path)
+    service = module_service(confdir, pam_module, path, "timeout=1")
     elapsed = fails_with_session_err(PamLogin(service, test_user.name, confdir))
-    assert elapsed < 2, f"failing took {elapsed:.2f} s"
+    assert 0.9 <= elapsed < 3, f"failing took {elapsed:.2f} s"
 
 
 @pytest.mark.parametrize("debuglevel", [None, "2"])
-def test_no_daemon_fails_fast_pamtester(debuglevel, sandbox, confdir, pam_module, test_user):
+def test_no_daemon_fails_at_the_timeout_pamtester(debuglevel, sandbox, confdir, pam_module,
+                                                  test_user):
     """Out of process; the module's reason reaches stderr through pam_wrapper's
     syslog (LOG_ERR is shown at any PAM_WRAPPER_DEBUGLEVEL)."""
     path = str(sandbox / "nothing.sock")
-    service = module_service(confdir, pam_module, path)
+    service = module_service(confdir, pam_module, path, "timeout=1")
     extra = {"PAM_WRAPPER_DEBUGLEVEL": debuglevel} if debuglevel else None
     start = time.monotonic()
     res = pamtester(service, test_user.name, confdir, "open_session", extra_environ=extra,
@@ -414,7 +417,7 @@ def test_no_daemon_fails_fast_pamtester(debuglevel, sandbox, confdir, pam_module
     assert "successfully opened" not in res.stdout + res.stderr
     reason = [line for line in res.stderr.splitlines() if path in line]
     assert reason and "connect" in reason[0], res.stderr
-    assert elapsed < 2, f"failing took {elapsed:.2f} s"
+    assert elapsed < 3, f"failing took {elapsed:.2f} s"
 
 
 def test_silent_daemon_times_out(fake_server, confdir, pam_module, test_user):
@@ -439,16 +442,6 @@ def test_endless_wait_times_out(fake_server, confdir, pam_module, test_user):
     assert 0.9 <= elapsed < 3, f"gave up after {elapsed:.2f} s, asked for timeout=1"
     assert server.conns[0].eof.wait(3)
     assert not server.conns[0].got_req_env.is_set()
-
-
-def test_daemon_hanging_up_fails_fast(fake_server, confdir, pam_module, test_user):
-    """The daemon closes the connection mid-wait: fail now, not at the timeout."""
-    server = fake_server(mode="hangup")
-    service = module_service(confdir, pam_module, server.path)  # default timeout
-    elapsed = fails_with_session_err(PamLogin(service, test_user.name, confdir),
-                                     unblock=server.drop_connections)
-    assert server.wait_conn().wait_handshake().uid == test_user.uid
-    assert elapsed < 2, f"failing took {elapsed:.2f} s"
 
 
 def test_daemon_gone_before_req_env_is_no_sigpipe(fake_server, confdir, pam_module,
