@@ -374,10 +374,11 @@ class Daemon:
         return self.proc.poll() is None
 
     def stop(self, timeout: float = 15) -> int:
-        """SIGTERM, wait up to timeout, then SIGKILL; returns the exit code."""
+        """A full stop (SIGINT: SIGTERM would leave every manager to a next
+        daemon), wait up to timeout, then SIGKILL; returns the exit code."""
         if self.proc.poll() is None:
             try:
-                self.proc.send_signal(signal.SIGTERM)
+                self.proc.send_signal(signal.SIGINT)
             except ProcessLookupError:
                 pass
             try:
@@ -435,6 +436,7 @@ def daemon_defaults(sandbox: Path) -> dict[str, str]:
         "manage_rundir": "yes",
         "backend_dir": str(sandbox / "backends"),
         "holder_path": str(build_holder()),
+        "fdstore_path": str(build_fdstore()),
         "pam_service": "turnstiled",
         "pam_dir": str(sandbox / "pam.d"),
         "login_timeout": "10",

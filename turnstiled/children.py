@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 log = logging.getLogger("turnstiled")
 
@@ -41,16 +41,21 @@ def wait_status(status: int) -> int:
     return code if code >= 0 else 128 - code
 
 
-def _state_and_ppid(pid: str | int) -> tuple[bytes, int] | None:
-    """A process's state letter and parent, from /proc; None once it is gone."""
+def _stat(pid: str | int) -> list[bytes] | None:
+    """/proc/PID/stat after the command name: state, ppid, pgrp, session, ...;
+    None once the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
-    # After the parenthesised command name: state, ppid, ...
-    fields = stat[stat.rfind(b")") + 2:].split()
-    return fields[0], int(fields[1])
+    return stat[stat.rfind(b")") + 2:].split()
+
+
+def _state_and_ppid(pid: str | int) -> tuple[bytes, int] | None:
+    """A process's state letter and parent; None once it is gone."""
+    fields = _stat(pid)
+    return None if fields is None else (fields[0], int(fields[1]))
 
 
 def _ppids() -> dict[int, list[int]]:
@@ -75,26 +80,47 @@ def _trees(roots: list[int], children: dict[int, list[int]]) -> set[int]:
 
 def kill_orphans(keep: set[int], deadline: float) -> int:
     """SIGKILLs every process below the daemon that is not below a pid in
-    keep (the live holders); returns how many. Stops the trees first, so
-    nothing forks its way out while we look."""
+    keep (the live holders); returns how many."""
     me = os.getpid()
+
+    def orphans() -> set[int]:
+        children = _ppids()
+        return _trees([p for p in children.get(me, []) if p not in keep], children)
+
+    killed = _stop_then_kill(orphans, deadline)
+    # Gone means dead: a zombie (ours to reap) no longer holds anything.
+    while time.monotonic() < deadline and any(_alive(pid) for pid in killed):
+        time.sleep(0.005)
+    return len(killed)
+
+
+def kill_session(sid: int, deadline: float) -> int:
+    """SIGKILLs every process in session sid; returns how many."""
+    return len(_stop_then_kill(
+        lambda: {int(e) for e in os.listdir("/proc") if e.isdigit() and _session_of(e) == sid},
+        deadline))
+
+
+def _stop_then_kill(members: Callable[[], set[int]], deadline: float) -> set[int]:
+    """SIGSTOPs what members() finds until it finds nothing new, so nothing
+    forks its way out while we look; then SIGKILLs all of it."""
     stopped: set[int] = set()
     while time.monotonic() < deadline:
-        children = _ppids()
-        roots = [p for p in children.get(me, []) if p not in keep]
-        members = _trees(roots, children) - stopped
-        if not members:
+        found = members() - stopped
+        if not found:
             break
-        for pid in members:
+        for pid in found:
             _signal(pid, signal.SIGSTOP)
-        stopped |= members
+        stopped |= found
     for pid in stopped:
         _signal(pid, signal.SIGKILL)
         _signal(pid, signal.SIGCONT)
-    # Gone means dead: a zombie (ours to reap) no longer holds anything.
-    while time.monotonic() < deadline and any(_alive(pid) for pid in stopped):
-        time.sleep(0.005)
-    return len(stopped)
+    return stopped
+
+
+def _session_of(pid: str) -> int | None:
+    fields = _stat(pid)
+    return None if fields is None else int(fields[3])
 
 
 def _alive(pid: int) -> bool:
@@ -119,17 +145,18 @@ class Children:
         become_subreaper()
         loop.add_signal_handler(signal.SIGCHLD, self.reap)
 
-    def spawn(self, path: str, channel: int, on_exit: Callable[[int], None]) -> int:
+    def spawn(self, path: str, channel: int, on_exit: Callable[[int], None],
+              args: Sequence[str] = ()) -> int:
         """Starts path with channel as its fd 3, stdin /dev/null, our stderr
         as its stdout and stderr, in a session of its own."""
         if channel == 3:  # dup2(3, 3) would leave close-on-exec set
             moved = os.dup(channel)
             try:
-                return self.spawn(path, moved, on_exit)
+                return self.spawn(path, moved, on_exit, args)
             finally:
                 os.close(moved)
         pid = os.posix_spawn(
-            path, [path], {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            path, [path, *args], {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
             file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                           (os.POSIX_SPAWN_DUP2, 2, 1),
                           (os.POSIX_SPAWN_DUP2, channel, 3)],
@@ -159,3 +186,9 @@ class Children:
         keep = set(self._exits)
         deadline = time.monotonic() + timeout
         return await asyncio.to_thread(kill_orphans, keep, deadline)
+
+    async def kill_session(self, sid: int, timeout: float = 5.0) -> int:
+        """Kills what is left of an adopted holder's manager (off the loop)."""
+        if sid <= 1:
+            return 0
+        return await asyncio.to_thread(kill_session, sid, time.monotonic() + timeout)

@@ -33,6 +33,8 @@ class Config:
     linger_dir: str = "/var/lib/turnstiled/linger"
     backend_dir: str = "/usr/libexec/turnstiled"
     holder_path: str = "/usr/libexec/turnstiled/turnstiled-holder"
+    fdstore_path: str = "/usr/libexec/turnstiled/turnstiled-fdstore"
+    adopt_timeout: float = 60.0
     pam_service: str = "turnstiled"
     pam_dir: str = ""
     # Where the file came from; backends read their own config from
@@ -151,6 +153,8 @@ _PARSERS = {
     "linger_dir": _abspath,
     "backend_dir": _abspath,
     "holder_path": _abspath,
+    "fdstore_path": _abspath,
+    "adopt_timeout": _seconds,
     "pam_service": _pam_service,
     "pam_dir": _optional_abspath,
 }

@@ -1,9 +1,18 @@
-"""The daemon's lifecycle: listen, serve, and on SIGTERM/SIGINT end every
-Login cleanly and exit 0."""
+"""The daemon's lifecycle: take up what a previous daemon left, listen,
+serve, and exit 0 on a signal:
+
+- SIGTERM (what `sv restart`, `sv down` and init send): a restart. The
+  sessions and managers are left as they are, kept by the fd store, for the
+  next daemon to take up within adopt_timeout; the control socket's file
+  stays, so logins in the gap wait for that daemon.
+- SIGINT (`sv interrupt turnstiled`, Ctrl-C): a full stop. Every session is
+  ended, every manager stopped, the fd store told to quit.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import resource
@@ -13,6 +22,8 @@ from . import __version__, linger
 from .admin import MAX_REQUEST, AdminServer
 from .children import Children
 from .config import Config
+from .fdstore import FdStore, StoreError
+from .handover import Handover, adopt
 from .registry import Registry
 from .server import ControlServer, RateLimitedLog, listen_unix
 from .statefiles import StateDir, StateFiles
@@ -54,8 +65,47 @@ def _quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_exception_handler(handler)
 
 
+def _lock(state_dir: str) -> int:
+    """One daemon per state dir: a second one would take up, and fight
+    over, the first one's sessions."""
+    os.makedirs(state_dir, mode=0o755, exist_ok=True)
+    fd = os.open(os.path.join(state_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"turnstiled: another turnstiled runs on {state_dir}") from None
+    return fd
+
+
+def _take_up(config: Config, registry: Registry, control: ControlServer,
+             children: Children) -> FdStore | None:
+    """Connects to (or starts) the fd store and takes up what a previous
+    daemon left in it; None when restarts are not to be survived."""
+    if config.adopt_timeout <= 0:
+        return None
+    store = FdStore(os.path.join(config.state_dir, "fdstore.sock"), config.fdstore_path,
+                    config.adopt_timeout, children)
+    try:
+        entries = store.open()
+    except (OSError, StoreError) as err:
+        log.error("no fd store (%s): a restart of turnstiled will stop every manager", err)
+        return None
+    handover = Handover(store, registry)
+    adopted = adopt(entries, registry, handover)
+    registry.listeners.append(handover)
+    for session, sock, answered in adopted.sessions:
+        control.resume_in_background(session, sock, answered)
+    for problem in adopted.ended:
+        log.warning("not taken up: %s", problem)
+    if entries:
+        log.info("took up %d logins, %d managers and %d sessions from the previous daemon",
+                 adopted.logins, adopted.managers, len(adopted.sessions))
+    return store
+
+
 async def serve(config: Config) -> None:
     os.umask(0o022)
+    _lock(config.state_dir)
     user_nofile = _raise_fd_limit()
     _quiet_accept_errors(asyncio.get_running_loop())
     children = Children()
@@ -64,6 +114,7 @@ async def serve(config: Config) -> None:
     state.prepare()
     registry = Registry(config, children, user_nofile, listeners=[StateFiles(state, config)])
     control = ControlServer(registry)
+    store = _take_up(config, registry, control, children)
     admin_server = await asyncio.start_unix_server(
         AdminServer(registry).handle, sock=listen_unix(config.admin_socket_path, 0o666),
         limit=MAX_REQUEST)
@@ -72,9 +123,16 @@ async def serve(config: Config) -> None:
         control.handle, sock=listen_unix(config.socket_path, 0o666))
 
     stop = asyncio.Event()
+    full_stop = False
+
+    def on_signal(sig: int) -> None:
+        nonlocal full_stop
+        full_stop = full_stop or sig == signal.SIGINT
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     log.info("turnstiled %s listening on %s (backend %s)", __version__, config.socket_path,
              config.backend)
     if config.backend != "none" and not os.access(config.holder_path, os.X_OK):
@@ -86,12 +144,22 @@ async def serve(config: Config) -> None:
     registry.start_lingering()
 
     await stop.wait()
-    log.info("shutting down")
     server.close()
     admin_server.close()
-    _unlink(config.socket_path)
     _unlink(config.admin_socket_path)
+    if store is not None and store.connected and not full_stop:
+        log.info("exiting; the next turnstiled takes up every session and manager "
+                 "(within adopt_timeout, %g s)", config.adopt_timeout)
+        # The socket's file stays: a login in the gap gets ECONNREFUSED and
+        # waits for the next daemon.
+        store.close()
+        await registry.let_go(SHUTDOWN_TIMEOUT)
+        return
+    log.info("shutting down: ending every session, stopping every manager")
+    _unlink(config.socket_path)
     await registry.shutdown(SHUTDOWN_TIMEOUT)
+    if store is not None:
+        store.quit()
 
 
 def _unlink(path: str) -> None:

@@ -6,6 +6,11 @@ ManagerEvents.
 
 Every wait is an event on the loop: the readiness fifo and the holder's
 channel are readers, the holder's exit a SIGCHLD, the timeout a timer.
+
+A run outlives a daemon restart: `snapshot()` is what the next daemon needs
+(kept in the fd store with the channel and the fifo, see
+turnstiled/handover.py) and `Manager.adopt` takes the run up again. An
+adopted holder is not our child: its end is seen as the channel's.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class ManagerPhase(enum.StrEnum):
 
 
 class ManagerEvents(Protocol):
+    def manager_progressed(self, manager: Manager) -> None: ...
     def manager_ready(self, manager: Manager, report: ReadyReport) -> None: ...
     def manager_failed(self, manager: Manager, reason: str) -> None: ...
     def manager_gone(self, manager: Manager, status: int | None) -> None: ...
@@ -83,6 +89,83 @@ class Manager:
         self._timer: asyncio.TimerHandle | None = None
         self._cleanup: asyncio.Future | None = None
         self._dir = os.path.join(config.state_dir, "managers", str(user.uid))
+        # Taken over from a previous daemon: the holder is not our child.
+        self._adopted = False
+        self._let_go = False
+        self._ready_sent = False
+        # The manager's session id (its pid: run calls setsid), for as long
+        # as anything of it may be left.
+        self._sid: int | None = None
+
+    # -- across a daemon restart
+
+    def snapshot(self) -> dict:
+        """What a next daemon needs to take this run up (JSON-able)."""
+        return {
+            "holder_pid": self._holder_pid, "pid": self.pid, "sid": self._sid,
+            "since": self.since,
+            "phase": self.phase.value, "services": self._services,
+            "ready_sent": self._ready_sent, "status": self._status,
+            "holder_done": self._holder_done,
+        }
+
+    def let_go(self) -> None:
+        """This daemon is exiting and another takes the run up: stop
+        watching and timing it, send it nothing (the fd store keeps the
+        channel and the fifo open)."""
+        self._let_go = True
+        self._cancel_timer()
+        loop = asyncio.get_running_loop()
+        if self._fifo_fd is not None:
+            loop.remove_reader(self._fifo_fd)
+        if self._channel is not None:
+            loop.remove_reader(self._channel.fileno())
+
+    @property
+    def channel_fd(self) -> int | None:
+        return self._channel.fileno() if self._channel is not None else None
+
+    @property
+    def fifo_fd(self) -> int | None:
+        return self._fifo_fd
+
+    @classmethod
+    def adopt(cls, config: Config, user: User, rundir: str, events: ManagerEvents,
+              children: Children, snap: dict, channel: int, fifo: int | None) -> Manager:
+        """A run a previous daemon started, with its channel and (while its
+        readiness string is awaited) its fifo. ValueError/KeyError/TypeError
+        if the snapshot is not one."""
+        m = cls(config, user, rundir, events, children, 0)
+        m.phase = ManagerPhase(snap["phase"])
+        if m.phase is ManagerPhase.GONE:
+            raise ValueError("a gone manager cannot be adopted")
+        m._adopted = True
+        m._holder_pid = _optional_int(snap["holder_pid"])
+        m.pid = _optional_int(snap["pid"])
+        m._sid = _optional_int(snap["sid"])
+        m.since = float(snap["since"])
+        m._t0 = time.monotonic() - max(0.0, time.time() - m.since)
+        m._services = [(str(n), float(ms)) for n, ms in snap["services"]][:MAX_SERVICES]
+        m._ready_sent = bool(snap["ready_sent"])
+        m._status = _optional_int(snap["status"])
+        m._holder_done = bool(snap["holder_done"])
+        loop = asyncio.get_running_loop()
+        m._channel = socket.socket(fileno=channel)
+        m._channel.setblocking(False)
+        loop.add_reader(channel, m._on_channel)
+        if m.phase is ManagerPhase.STARTING:
+            if fifo is not None and not m._ready_sent:
+                m._fifo_fd = fifo
+                os.set_blocking(fifo, False)
+                loop.add_reader(fifo, m._on_fifo)
+            elif fifo is not None:
+                os.close(fifo)
+            if config.login_timeout > 0:
+                left = config.login_timeout - (time.monotonic() - m._t0)
+                m._timer = loop.call_later(max(0.0, left), m._timed_out)
+        elif fifo is not None:
+            os.close(fifo)
+        return m
 
     # -- public
 
@@ -161,8 +244,11 @@ class Manager:
             except OSError:
                 packet = b""
             if not packet:
-                # The holder has exited (or is about to); its exit finishes us.
+                # The holder has exited (or is about to); its exit finishes
+                # us: a SIGCHLD for our own, this end for an adopted one.
                 self._close_channel()
+                if self._adopted:
+                    self._holder_exited(None)
                 return
             try:
                 verb, fields = holderlink.decode(packet)
@@ -175,8 +261,9 @@ class Manager:
         # Fields may carry what the user's side printed: one safe line each.
         arg = escape(fields[0]) if fields else ""
         if verb == "pid":
-            self.pid = int(arg)
+            self.pid = self._sid = int(arg)
             log.debug("manager of %s: pid %d", self.user.name, self.pid)
+            self.events.manager_progressed(self)
         elif verb == "up":
             # Printed by the user's own ready config: counted while starting,
             # once per name, and never more than a bounded list.
@@ -213,6 +300,8 @@ class Manager:
         os.unlink(os.path.join(self._dir, "ready"))
         log.debug("manager of %s: accepts commands (%r)", self.user.name, text)
         self._send("ready", text)
+        self._ready_sent = True
+        self.events.manager_progressed(self)
 
     def _on_ready_exit(self, code: int) -> None:
         if self.phase is not ManagerPhase.STARTING:
@@ -247,7 +336,10 @@ class Manager:
 
     # -- the holder's end
 
-    def _holder_exited(self, status: int) -> None:
+    def _holder_exited(self, status: int | None) -> None:
+        """The holder is gone (status None: an adopted one's channel ended)."""
+        if self._let_go:
+            return  # the next daemon sees it in the channel
         self._holder_pid = None
         if self._channel is not None:
             self._on_channel()  # what it said before it went
@@ -255,14 +347,20 @@ class Manager:
             self._finish()
             return
         # Killed (OOM, kill -9) or crashed: its manager is ours now.
-        log.error("the holder of %s's manager died (status %d): killing what is left of the "
-                  "manager; its PAM session could not be closed", self.user.name, status)
-        self._fail(f"the manager's holder died (status {status})")
+        how = "its channel ended" if status is None else f"status {status}"
+        log.error("the holder of %s's manager died (%s): killing what is left of the "
+                  "manager; its PAM session could not be closed", self.user.name, how)
+        self._fail(f"the manager's holder died ({how})")
         self._cleanup = asyncio.get_running_loop().create_task(self._clean_up_after_holder())
 
     async def _clean_up_after_holder(self) -> None:
         try:
-            killed = await self.children.kill_orphans()
+            if self._adopted:
+                # Not our child, so what it left went to init, not to us:
+                # the manager's session (run's setsid) still names it.
+                killed = await self.children.kill_session(self._sid) if self._sid else 0
+            else:
+                killed = await self.children.kill_orphans()
             log.info("killed %d processes left by %s's manager", killed, self.user.name)
         finally:
             self._finish()
@@ -334,3 +432,11 @@ class Manager:
             asyncio.get_running_loop().remove_reader(self._channel.fileno())
             self._channel.close()
             self._channel = None
+
+
+def _optional_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value

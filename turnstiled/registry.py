@@ -31,6 +31,7 @@ from .children import Children
 from .config import Config
 from .manager import Manager, ReadyReport
 from .protocol import Handshake
+from .sessionids import SessionIds
 from .text import escape
 from .users import User, lookup_name, lookup_uid
 
@@ -52,6 +53,8 @@ class Session:
     facts: Handshake
     leader: int
     since: float = field(default_factory=time.time)
+    # Our end of the PAM connection (-1: none), kept across restarts.
+    fd: int = -1
     # Resolved once: True when the user's manager is ready, False on failure.
     outcome: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop()
                                     .create_future())
@@ -128,6 +131,8 @@ def _entry_point(method: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def run(self: Registry, *args: Any, **kwargs: Any) -> Any:
+        if self._let_go:
+            return None  # handed over: this daemon changes nothing any more
         self._depth += 1
         try:
             return method(self, *args, **kwargs)
@@ -152,13 +157,14 @@ class Registry:
         self.sessions: dict[str, Session] = {}
         self.failures: dict[int, tuple[float, str]] = {}
         self.started = time.time()
-        self._next_id = 1
+        self.ids = SessionIds(os.path.join(config.state_dir, "session-ids"))
         self._emptied = asyncio.Event()
         self._emptied.set()
         self._removals: set[asyncio.Future] = set()
         self.listeners = list(listeners)
         # What the running entry point changed, for the listeners.
         self._depth = 0
+        self._let_go = False
         self._events: list[tuple[str, Login | Session]] = []
         self._changed: dict[int, Login] = {}
 
@@ -172,12 +178,11 @@ class Registry:
         return login.user if login is not None else lookup_uid(uid)
 
     @_entry_point
-    def open_session(self, user: User, facts: Handshake, leader: int) -> Session:
+    def open_session(self, user: User, facts: Handshake, leader: int, fd: int = -1) -> Session:
         login = self.logins.get(user.uid)
         if login is None:
             login = self._new_login(user)
-        session = Session(str(self._next_id), user, facts, leader)
-        self._next_id += 1
+        session = Session(self.ids.take(), user, facts, leader, fd=fd)
         login.sessions[session.id] = session
         self.sessions[session.id] = session
         self._events.append(("session_opened", session))
@@ -407,6 +412,13 @@ class Registry:
         return login if login is not None and login.manager is manager else None
 
     @_entry_point
+    def manager_progressed(self, manager: Manager) -> None:
+        """Its pid is known, or its readiness string was passed on."""
+        login = self._login_of(manager)
+        if login is not None:
+            self._touch(login)
+
+    @_entry_point
     def manager_ready(self, manager: Manager, report: ReadyReport) -> None:
         login = self._login_of(manager)
         if login is None or login.state is not LoginState.STARTING:
@@ -472,6 +484,22 @@ class Registry:
         log.warning("manager of %s died (status %s); restarting", login.user.name, status)
         self._start(login)
 
+    # -- a previous daemon's (turnstiled.handover)
+
+    @_entry_point
+    def adopt(self, login: Login, stop_in: float | None) -> None:
+        """Takes up a Login, with its sessions and manager, as a previous
+        daemon left it; stop_in: what was left of its stop delay."""
+        self.logins[login.user.uid] = login
+        self._emptied.clear()
+        for session in login.sessions.values():
+            self.sessions[session.id] = session
+            self._events.append(("session_opened", session))
+        if stop_in is not None and not login.sessions:
+            login.stop_timer = asyncio.get_running_loop().call_later(
+                stop_in, self._stop_delay_over, login)
+        self._touch(login)
+
     # -- shutdown
 
     async def shutdown(self, timeout: float) -> None:
@@ -482,6 +510,19 @@ class Registry:
         except TimeoutError:
             log.error("shutdown: %d user managers still running after %g s",
                       len(self.logins), timeout)
+        if self._removals:
+            await asyncio.wait(self._removals, timeout=timeout)
+
+    async def let_go(self, timeout: float) -> None:
+        """Leaves every Login as it is for the next daemon: nothing is
+        stopped, ended or told from now on (connections closing as this
+        daemon exits are not logouts). Waits (bounded) for the removals
+        under way, which would otherwise leave half-removed directories."""
+        self._let_go = True
+        for login in self.logins.values():
+            self._cancel_stop_delay(login)
+            if login.manager is not None:
+                login.manager.let_go()
         if self._removals:
             await asyncio.wait(self._removals, timeout=timeout)
 

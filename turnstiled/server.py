@@ -3,6 +3,8 @@
 Checks the peer, decodes the handshake, registers the session, answers
 once the user's manager is ready, hands out the environment, then holds the
 connection until the PAM side closes it (logout, or the login process died).
+A connection a previous daemon left (turnstiled.handover) is resumed where
+it was.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 
 from . import protocol
 from .protocol import MSG_ERR, MSG_OK_DONE, MSG_OK_WAIT, MSG_REQ_ENV, ProtocolError
-from .registry import LoginError, Registry
+from .registry import LoginError, Registry, Session
 
 log = logging.getLogger("turnstiled")
 
@@ -84,6 +86,7 @@ class ControlServer:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self._refusing: collections.Counter[int] = collections.Counter()
+        self._resumed: set[asyncio.Task] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         pid, peer_uid, _ = peer_credentials(writer.get_extra_info("socket"))
@@ -135,15 +138,42 @@ class ControlServer:
         user = self.registry.user(facts.uid)
         if user is None:
             raise ProtocolError(f"uid {facts.uid} is not in the password database")
+        fd = writer.get_extra_info("socket").fileno()
         try:
-            session = self.registry.open_session(user, facts, pid)
+            session = self.registry.open_session(user, facts, pid, fd)
         except LoginError as err:
             log.error("cannot log in %s: %s", user.name, err)
             _send(writer, MSG_ERR)
             return
+        await self._hold(reader, writer, session, answered=False)
+
+    def resume_in_background(self, session: Session, sock: socket.socket,
+                             answered: bool) -> None:
+        task = asyncio.get_running_loop().create_task(self.resume(session, sock, answered))
+        self._resumed.add(task)
+        task.add_done_callback(self._resumed.discard)
+
+    async def resume(self, session: Session, sock: socket.socket, answered: bool) -> None:
+        """Serves an adopted session's connection from where it was: still
+        waiting for its answer, or answered (REQ_ENV may still come)."""
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        try:
+            await self._hold(reader, writer, session, answered)
+        except ProtocolError as err:
+            log.warning("control: dropping adopted session %s: %s", session.id, err)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    session: Session, answered: bool) -> None:
         session.close_connection = writer.transport.abort
         try:
-            await self._answer(reader, writer, session)
+            if answered:
+                await self._send_env(reader, writer, session)
+            else:
+                await self._answer(reader, writer, session)
             # The session lasts as long as the connection: wait for EOF.
             if await reader.read(1):
                 raise ProtocolError("data after the session was set up")
@@ -178,6 +208,9 @@ class ControlServer:
             _send(writer, MSG_ERR)
             return
         _send(writer, MSG_OK_DONE)
+        await self._send_env(reader, writer, session)
+
+    async def _send_env(self, reader, writer, session) -> None:
         msg = await reader.read(1)
         if msg != bytes([MSG_REQ_ENV]):
             if msg:

@@ -1,0 +1,325 @@
+"""A daemon restart is invisible: sessions, managers and their services
+survive kill -9 and SIGTERM, and the next daemon takes them up. Real
+daemons, the real fd store and holders, runit, real libpam and users."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+from pamclient import PamFailure, PamLogin
+from procs import procs_of, wait_for
+
+
+def runit_services(user, delay: int = 0) -> None:
+    """One core service s1; with a delay, its check passes only `delay`
+    seconds after it started."""
+    svc = os.path.join(user.home, ".config", "service")
+    subprocess.run(["rm", "-rf", os.path.join(user.home, ".config")], check=True)
+    os.makedirs(f"{svc}/s1")
+    os.makedirs(f"{svc}/turnstile-ready")
+    scripts = {"run": "date +%s > started\nexec sleep infinity\n"}
+    if delay:
+        scripts["check"] = (f"read t < started && [ $(($(date +%s) - t)) -ge {delay} ]\n")
+    for name, body in scripts.items():
+        with open(f"{svc}/s1/{name}", "w") as f:
+            f.write("#!/bin/sh\n" + body)
+        os.chmod(f"{svc}/s1/{name}", 0o755)
+    with open(f"{svc}/turnstile-ready/conf", "w") as f:
+        f.write('core_services="s1"\n')
+    subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}",
+                    os.path.join(user.home, ".config")], check=True)
+    time.sleep(1.1)  # runsvdir's one-second guard on a freshly edited dir
+
+
+@pytest.fixture
+def runit(daemon):
+    def start(**overrides):
+        overrides.setdefault("backend", "runit")
+        return daemon(**overrides)
+    return start
+
+
+def sessions(d) -> dict[str, tuple[str, str]]:
+    """id -> (uid, leader) from the state files."""
+    out = {}
+    for sid in d.session_ids():
+        st = d.session_state(sid)
+        if st is not None:
+            out[sid] = (st["UID"], st["LEADER"])
+    return out
+
+
+def managers(d, users) -> dict[int, str]:
+    return {u.uid: (d.user_state(u.uid) or {}).get("MANAGER_PID", "") for u in users}
+
+
+def user_processes(users) -> dict[int, set[int]]:
+    return {u.uid: {pid for pid, _ in procs_of(u.uid)} for u in users}
+
+
+def kill9(d) -> None:
+    d.proc.kill()
+    d.proc.wait(5)
+
+
+def restart(d, runit, how: str, **overrides):
+    """Ends d (kill -9 or SIGTERM) and starts the next daemon on the same
+    sandbox and config."""
+    if how == "kill":
+        d.proc.kill()
+    else:
+        d.proc.send_signal(signal.SIGTERM)
+    d.proc.wait(15)
+    assert d.proc.returncode in (0, -signal.SIGKILL), d.log_tail()
+    return runit(**overrides)
+
+
+@pytest.mark.parametrize("how", ["kill", "term"])
+def test_a_restart_keeps_every_session_manager_and_service(runit, test_users, pam_module,
+                                                            how):
+    users = test_users[:3]
+    for u in users:
+        runit_services(u)
+    d = runit()
+    service = d.login_service()
+    logins = []
+    for u, count in zip(users, (2, 2, 1), strict=True):
+        for _ in range(count):
+            pam = PamLogin(service, u.name, d.service_dir)
+            pam.open()
+            logins.append((u, pam))
+    before_sessions = sessions(d)
+    before_managers = managers(d, users)
+    before_procs = user_processes(users)
+    assert len(before_sessions) == 5 and all(before_managers.values())
+
+    d2 = restart(d, runit, how)
+    assert "took up 3 logins, 3 managers and 5 sessions" in d2.log()
+    assert sessions(d2) == before_sessions
+    assert managers(d2, users) == before_managers
+    assert user_processes(users) == before_procs
+    assert {d2.user_state(u.uid)["STATE"] for u in users} == {"ready"}
+
+    # Each logout is seen as before; the last of a user's stops the manager.
+    for _, pam in logins:
+        pam.close()
+    for u in users:
+        assert wait_for(lambda u=u: d2.user_state(u.uid) is None, 15), d2.log_tail()
+    assert wait_for(lambda: not any(procs_of(u.uid) for u in users), 15)
+    assert d2.session_ids() == []
+
+
+def test_session_ids_never_repeat_across_a_restart(runit, test_user, pam_module):
+    runit_services(test_user)
+    d = runit()
+    service = d.login_service()
+    seen = set()
+    for _ in range(3):
+        with PamLogin(service, test_user.name, d.service_dir) as pam:
+            pam.open()
+            seen |= set(d.session_ids())
+            pam.close()
+    d2 = restart(d, runit, "kill")
+    with PamLogin(service, test_user.name, d2.service_dir) as pam:
+        pam.open()
+        (new,) = d2.session_ids()
+    assert new not in seen and int(new) > max(map(int, seen))
+
+
+def test_a_login_in_the_gap_waits_for_the_next_daemon(runit, test_users, pam_module):
+    first, late = test_users[:2]
+    runit_services(first)
+    runit_services(late)
+    d = runit()
+    service = d.login_service()
+    keep = PamLogin(service, first.name, d.service_dir)
+    keep.open()
+    kill9(d)
+    result = {}
+
+    def log_in():
+        t0 = time.monotonic()
+        pam = PamLogin(service, late.name, d.service_dir)
+        try:
+            result["env"] = pam.open()
+        except PamFailure as err:
+            result["error"] = err
+        result["took"] = time.monotonic() - t0
+        result["pam"] = pam
+
+    t = threading.Thread(target=log_in)
+    t.start()
+    time.sleep(1.0)
+    assert t.is_alive(), result  # waiting, not failed
+    d2 = runit()
+    t.join(30)
+    assert "env" in result, (result, d2.log_tail())
+    assert result["env"]["XDG_RUNTIME_DIR"] == d2.rundir(late.uid)
+    assert result["took"] >= 1.0
+    assert d2.user_state(late.uid)["STATE"] == "ready"
+    result["pam"].close()
+    keep.close()
+
+
+def test_with_no_daemon_coming_back_a_login_fails_at_its_timeout(runit, test_users,
+                                                                  pam_module):
+    first, late = test_users[:2]
+    runit_services(first)
+    d = runit()
+    keep = PamLogin(d.login_service(), first.name, d.service_dir)
+    keep.open()
+    kill9(d)
+    service = d.login_service("short", "timeout=2")
+    t0 = time.monotonic()
+    with PamLogin(service, late.name, d.service_dir) as pam:
+        with pytest.raises(PamFailure):
+            pam.open()
+    assert 1.9 <= time.monotonic() - t0 < 5
+    runit()  # takes the first session up, so teardown ends it cleanly
+    keep.close()
+
+
+def test_a_session_whose_login_process_died_in_the_gap_is_closed(runit, test_user,
+                                                                  pam_module):
+    runit_services(test_user)
+    d = runit()
+    service = d.login_service()
+    # The login program: a process of its own holding the session.
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(r)
+        try:
+            with PamLogin(service, test_user.name, d.service_dir) as pam:
+                pam.open()
+                os.write(w, b"1")
+                time.sleep(3600)
+        finally:
+            os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"1"
+    os.close(r)
+    kill9(d)
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    d2 = runit()
+    # Taken up, seen closed, and as it was the last one, the manager stops.
+    assert wait_for(lambda: d2.user_state(test_user.uid) is None, 15), d2.log_tail()
+    assert d2.session_ids() == []
+    assert wait_for(lambda: not procs_of(test_user.uid), 15)
+
+
+def test_no_daemon_within_adopt_timeout_stops_every_manager(runit, test_user, pam_module):
+    runit_services(test_user)
+    d = runit(adopt_timeout=2)
+    pam = PamLogin(d.login_service(), test_user.name, d.service_dir)
+    pam.open()
+    assert procs_of(test_user.uid)
+    kill9(d)
+    time.sleep(1)
+    assert procs_of(test_user.uid), "stopped before adopt_timeout"
+    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
+    assert not os.path.exists(d.state_dir / "fdstore.sock") or not _store_answers(d)
+    pam.close()
+
+
+def _store_answers(d) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        s.connect(str(d.state_dir / "fdstore.sock"))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def test_sigint_is_a_full_stop(runit, test_user, pam_module):
+    runit_services(test_user)
+    d = runit()
+    pam = PamLogin(d.login_service(), test_user.name, d.service_dir)
+    pam.open()
+    d.proc.send_signal(signal.SIGINT)
+    assert d.proc.wait(20) == 0
+    assert wait_for(lambda: not procs_of(test_user.uid), 15)
+    assert not os.path.exists(d.socket_path)
+    assert wait_for(lambda: not _store_answers(d), 5)
+    pam.close()
+
+
+def test_linger_and_the_stop_delay_survive_a_restart(runit, test_users, pam_module):
+    lingering, leaving = test_users[:2]
+    for u in (lingering, leaving):
+        runit_services(u)
+    d = runit(user_stop_delay=4, linger="maybe")
+    os.makedirs(d.sandbox / "linger", exist_ok=True)
+    (d.sandbox / "linger" / lingering.name).touch()
+    service = d.login_service()
+    for u in (lingering, leaving):
+        with PamLogin(service, u.name, d.service_dir) as pam:
+            pam.open()
+            pam.close()
+    t_logout = time.monotonic()
+    for u in (lingering, leaving):  # leaving: within its stop delay
+        assert wait_for(lambda u=u: d.user_state(u.uid)["STATE"] == "lingering", 5)
+    d2 = restart(d, runit, "term", user_stop_delay=4, linger="maybe")
+    assert d2.user_state(lingering.uid)["STATE"] == "lingering"
+    assert d2.user_state(leaving.uid)["STATE"] == "lingering"
+    # The delay runs on from where it was, not from the restart.
+    assert wait_for(lambda: d2.user_state(leaving.uid) is None, 10)
+    assert 3.5 <= time.monotonic() - t_logout < 7
+    assert d2.user_state(lingering.uid)["STATE"] == "lingering"
+
+
+def test_a_login_waiting_for_its_services_is_answered_by_the_next_daemon(runit, test_user,
+                                                                        pam_module):
+    runit_services(test_user, delay=3)
+    d = runit()
+    result = {}
+
+    def log_in():
+        pam = PamLogin(d.login_service(), test_user.name, d.service_dir)
+        try:
+            result["env"] = pam.open()
+        except PamFailure as err:
+            result["error"] = err
+        result["pam"] = pam
+
+    t = threading.Thread(target=log_in)
+    t.start()
+    assert wait_for(lambda: (d.user_state(test_user.uid) or {}).get("STATE") == "starting", 5)
+    time.sleep(0.5)
+    kill9(d)
+    d2 = runit()
+    t.join(20)
+    assert "env" in result, (result, d2.log_tail())
+    assert d2.user_state(test_user.uid)["STATE"] == "ready"
+    result["pam"].close()
+    assert wait_for(lambda: d2.user_state(test_user.uid) is None, 15)
+
+
+def test_a_manager_that_cannot_be_taken_up_is_stopped(runit, test_user, pam_module):
+    runit_services(test_user)
+    d = runit()
+    pam = PamLogin(d.login_service(), test_user.name, d.service_dir)
+    pam.open()
+    kill9(d)
+    # A record the next daemon cannot read (another version, say).
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(str(d.state_dir / "fdstore.sock"))
+    s.settimeout(5)
+    while not s.recv(65536).startswith(b"end"):
+        pass
+    s.send(b"keep\0manager:%d\0" % test_user.uid + json.dumps({"v": 99}).encode())
+    s.close()
+    d2 = runit()
+    assert "not taken up" in d2.log()
+    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
+    pam.close()
