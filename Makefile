@@ -34,6 +34,7 @@ bench: setup all
 	$(PYTHON) bench/login.py
 	$(PYTHON) bench/scale.py
 	$(PYTHON) bench/burst.py
+	$(PYTHON) bench/restart.py
 
 clean:
 	rm -f pam/pam_turnstile.so holder/turnstiled-holder holder/turnstiled-fdstore

@@ -26,7 +26,6 @@ from common import (
     Sandbox,
     distribution,
     root_side,
-    runit_services,
     tally,
     throwaway_users,
     uid_processes,
@@ -70,10 +69,7 @@ def main() -> int:
     hog = None
     try:
         with throwaway_users(args.users) as users:
-            for u in users:
-                runit_services(u.pw_dir, u.pw_uid, u.pw_gid, 1)
-            sb.start()
-            time.sleep(1.5)  # runsvdir's one-second edit guard
+            sb.start_for(users)
             print(f"runit, {os.cpu_count()} cpus{', both busy' if args.load else ''}",
                   flush=True)
             if args.load:

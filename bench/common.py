@@ -25,6 +25,7 @@ from pamclient import PamLogin  # noqa: E402,F401
 
 MODULE = os.path.join(REPO, "pam", "pam_turnstile.so")
 HOLDER = os.path.join(REPO, "holder", "turnstiled-holder")
+FDSTORE = os.path.join(REPO, "holder", "turnstiled-fdstore")
 # The manager's own session loads what a distribution's does.
 MANAGER_PAM = """auth sufficient pam_rootok.so
 account required pam_permit.so
@@ -115,6 +116,7 @@ class Sandbox:
         write(f"{top}/etc/turnstiled.conf", f"""backend = {backend}
 backend_dir = {top}/backends
 holder_path = {HOLDER}
+fdstore_path = {FDSTORE}
 socket_path = {run}/control.sock
 admin_socket_path = {run}/admin.sock
 state_dir = {run}/state
@@ -142,15 +144,40 @@ user_stop_delay = 0
         return f"{self.top}/pam.d"
 
     def start(self) -> None:
-        log = open(f"{self.top}/daemon.log", "w")
-        self.daemon = subprocess.Popen(
-            [sys.executable, "-m", "turnstiled", "-c", f"{self.top}/etc/turnstiled.conf"],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        """Starts a daemon; returns once it listens (a restarted one: once it
+        has taken up everything, as it listens only then)."""
+        log_path = f"{self.top}/daemon.log"
+        seen = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+        with open(log_path, "a") as log:
+            self.daemon = subprocess.Popen(
+                [sys.executable, "-m", "turnstiled", "-c", f"{self.top}/etc/turnstiled.conf"],
+                cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
-        while not os.path.exists(f"{self.run}/control.sock"):
+        while True:
+            with open(log_path, "rb") as f:
+                f.seek(seen)
+                if b" listening on " in f.read():
+                    return
             if time.monotonic() > deadline or self.daemon.poll() is not None:
-                raise SystemExit("the daemon did not start; see " + log.name)
-            time.sleep(0.02)
+                raise SystemExit("the daemon did not start; see " + log_path)
+            time.sleep(0.001)
+
+    def start_for(self, users: list[pwd.struct_passwd], core: int = 1) -> None:
+        """Gives each user `core` trivial core services, then starts."""
+        for u in users:
+            runit_services(u.pw_dir, u.pw_uid, u.pw_gid, core)
+        self.start()
+        time.sleep(1.5)  # runsvdir's one-second edit guard
+
+    def log_in(self, users: list[pwd.struct_passwd]) -> list[PamLogin]:
+        """One session per user, held in this process: forked clients would
+        share pages with the daemon and shrink its PSS."""
+        sessions = []
+        for u in users:
+            pam = PamLogin("login", u.pw_name, self.confdir)
+            pam.open()
+            sessions.append(pam)
+        return sessions
 
     def state(self, uid: int) -> str | None:
         """The STATE of a user's published state, None when there is none."""
@@ -171,8 +198,9 @@ user_stop_delay = 0
             time.sleep(0.002)
 
     def stop(self) -> None:
+        """A full stop (SIGINT): every manager stopped, the fd store gone."""
         if self.daemon is not None and self.daemon.poll() is None:
-            self.daemon.send_signal(signal.SIGTERM)
+            self.daemon.send_signal(signal.SIGINT)
             try:
                 self.daemon.wait(30)
             except subprocess.TimeoutExpired:

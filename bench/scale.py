@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from common import PamLogin, Sandbox, root_side, runit_services, throwaway_users, uid_processes
+from common import Sandbox, root_side, throwaway_users, uid_processes
 
 
 def main() -> int:
@@ -32,21 +32,13 @@ def main() -> int:
     sb = Sandbox(args.backend, config="login_timeout = 60\n")
     try:
         with throwaway_users(n) as users:
-            for u in users:
-                runit_services(u.pw_dir, u.pw_uid, u.pw_gid, 1)
-            sb.start()
-            time.sleep(1.5)  # settled, and runsvdir's one-second edit guard passed
+            sb.start_for(users)
             assert sb.daemon is not None
             idle = root_side(sb.daemon.pid)
             idle_total = sum(idle.values())
-            # Sessions held in this one process: forked Python clients would
-            # share pages with the daemon and shrink its PSS.
             sessions = []
             try:
-                for u in users:
-                    pam = PamLogin("login", u.pw_name, sb.confdir)
-                    pam.open()
-                    sessions.append(pam)
+                sessions = sb.log_in(users)
                 for u in users:
                     sb.wait_state(u.pw_uid, "ready", 30)
                 time.sleep(1)
