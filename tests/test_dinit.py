@@ -558,12 +558,10 @@ def test_run_writes_the_login_services_and_execs_dinit(run):
     assert res.stderr == ""
     # run execs dinit: same process
     assert int((run.out / "pid").read_text()) == run.pid
-    state = run.srvdir / ".turnstiled"
-    sock = f"{state}/sock/dinitctl"
-    # dinit wrote its socket path and a NUL into the fifo, as exec'd by run
-    assert ready == sock.encode() + b"\0"
-    assert os.readlink(state / "sock") == str(run.rundir)
+    sock = f"{run.rundir}/dinitctl"
     boot_d = f"{run.home}/.config/dinit.d/boot.d"
+    # what ready gets: run's lines, then the socket path and NUL dinit wrote
+    assert ready == f"{bindir}/dinitctl\n{boot_d}\n{system_boot}\n{sock}\0".encode()
     assert os.path.isdir(boot_d)
     assert run.argv() == [
         "--user", "--ready-fd", "3", "--socket-path", sock,
@@ -579,17 +577,12 @@ def test_run_writes_the_login_services_and_execs_dinit(run):
     assert run.service("login.target") == ["type = internal"]
     assert run.service("graphical.target") == ["type = triggered", "depends-on = login.target",
                                                "waits-for = graphical.monitor"]
-    monitor = run.service("graphical.monitor")
-    assert monitor[0] == "type = process"
-    assert f'command = "{state}/graphical-monitor"' in monitor
-    script = (state / "graphical-monitor").read_text()
-    assert f"'{bindir}/dinit-monitor' -E -i --socket-path '{sock}'" in script
-    assert "WAYLAND_DISPLAY DISPLAY" in script
-    notify = (state / "graphical-notify").read_text()
+    assert run.service("graphical.monitor") == [
+        "type = process", "depends-on = login.target",
+        f'command = "{bindir}/dinit-monitor" -E -i --socket-path "{sock}" '
+        f'-c "/bin/sh {run.srvdir}/.graphical-notify %s" WAYLAND_DISPLAY DISPLAY']
+    notify = (run.srvdir / ".graphical-notify").read_text()
     assert f"'{bindir}/dinitctl' --quiet --socket-path '{sock}' trigger graphical.target" in notify
-    # what ready will read
-    env = (state / "env").read_text()
-    assert f"dinitctl='{bindir}/dinitctl'" in env and f"boot_dir='{boot_d}'" in env
     # dinit's environment: dinit_path first on PATH
     dinit_env = dict(ln.split("=", 1) for ln in (run.out / "env").read_text().splitlines()
                      if "=" in ln)
@@ -603,9 +596,7 @@ def test_run_without_a_runtime_dir_uses_the_home_socket(run):
     run.conf(f"dinit_path={bindir}")
     res, ready = run(env={"XDG_RUNTIME_DIR": ""})
     assert res.returncode == 0, res.stderr
-    state = run.srvdir / ".turnstiled"
-    assert ready == f"{state}/sock/.dinitctl".encode() + b"\0"
-    assert os.readlink(state / "sock") == str(run.home)
+    assert ready.endswith(f"\n{run.home}/.dinitctl\0".encode())
 
 
 def test_run_finds_dinit_on_the_login_path(run):
@@ -614,9 +605,7 @@ def test_run_finds_dinit_on_the_login_path(run):
     bindir = fake_dinit(run.root / "bin", run.out)
     res, ready = run(path=f"{bindir}:/usr/bin:/bin")
     assert res.returncode == 0, res.stderr
-    assert ready.endswith(b"/sock/dinitctl\0")
-    env = (run.srvdir / ".turnstiled" / "env").read_text()
-    assert f"dinitctl='{bindir}/dinitctl'" in env
+    assert ready.startswith(f"{bindir}/dinitctl\n".encode())
 
 
 def test_run_reports_a_missing_dinit(run):
@@ -698,7 +687,7 @@ def test_run_with_a_conf_whose_last_command_fails(run):
     run.conf(f"dinit_path={bindir}", "[ -e /nonexistent ] && dinit_args=--quiet")
     res, ready = run()
     assert res.returncode == 0, res.stderr
-    assert ready.endswith(b"/sock/dinitctl\0")
+    assert ready.endswith(b"/run/dinitctl\0")
 
 
 def test_run_takes_the_dinit_program_as_dinit_path(run):
@@ -707,7 +696,7 @@ def test_run_takes_the_dinit_program_as_dinit_path(run):
     run.conf(f"dinit_path={bindir}/dinit")
     res, ready = run()
     assert res.returncode == 0, res.stderr
-    assert ready.endswith(b"/sock/dinitctl\0")
+    assert ready.endswith(b"/run/dinitctl\0")
     assert run.argv()[-1] == "graphical.target"
 
 
@@ -741,19 +730,26 @@ def test_run_with_an_empty_boot_dir_waits_for_nothing(run):
 
 
 def test_run_quotes_paths_for_dinit_and_sh(run):
-    """Stand-in dinit (fake_dinit)."""
-    bindir = fake_dinit(run.root / "bin", run.out, monitor=None)
-    run.conf(f"dinit_path={bindir}", r"""boot_dir="$HOME/it's a \"q\" \\dir" """)
-    res, _ = run()
+    """Stand-ins for dinit and dinit-monitor (fake_dinit), in a directory
+    whose name has a quote and a blank; dinitctl records its arguments."""
+    bindir = fake_dinit(run.root / "it's bin", run.out)
+    write_script(bindir / "dinitctl", f'printf "%s\\n" "$@" > {run.out}/ctl')
+    run.conf(f"dinit_path='{run.root}/it'\\''s bin'",
+             r"""boot_dir="$HOME/it's a \"q\" \\dir" """)
+    res, ready = run()
     assert res.returncode == 0, res.stderr
     boot_dir = f"{run.home}/it's a \"q\" \\dir"
     assert os.path.isdir(boot_dir)
     assert run.service("boot")[-1] == \
         f'waits-for.d = "{run.home}/it\'s a \\"q\\" \\\\dir"'
-    env_file = run.srvdir / ".turnstiled" / "env"
-    got = subprocess.run(["sh", "-c", '. "$1"; printf %s "$boot_dir"', "sh", str(env_file)],
-                         capture_output=True, text=True, timeout=10).stdout
-    assert got == boot_dir
+    assert f"\n{boot_dir}\n".encode() in ready
+    assert f'command = "{bindir}/dinit-monitor" -E' in run.service("graphical.monitor")[-1]
+    # what dinit-monitor runs when a display appears
+    notify = subprocess.run(["sh", str(run.srvdir / ".graphical-notify"), "set"],
+                            capture_output=True, text=True, timeout=10)
+    assert notify.returncode == 0, notify.stderr
+    assert (run.out / "ctl").read_text().splitlines() == [
+        "--quiet", "--socket-path", f"{run.rundir}/dinitctl", "trigger", "graphical.target"]
 
 
 def test_run_refuses_paths_dinit_would_misread(run):
@@ -809,7 +805,8 @@ def test_stop_sends_term(run):
 
 
 class Ready:
-    """`backends/dinit ready SOCKET` against a stand-in dinitctl: a sh
+    """`backends/dinit ready STRING`, STRING as run writes it (dinitctl, the
+    boot dirs, the socket), against a stand-in dinitctl: a sh
     script that logs its arguments, exits with START_RC for `start` and
     prints `State: X` for `status NAME` from the states file (NAME=X lines),
     or fails like dinitctl does for a service it has not loaded (no state)
@@ -844,23 +841,16 @@ case " $* " in
         printf 'Service: %s\\n    State: %s\\n' "$last" "$st"
         ;;
 esac""")
-        # run's layout: SRVDIR/.turnstiled/{{env,sock -> socket dir}}
-        self.state = root / "srv" / ".turnstiled"
-        self.state.mkdir(parents=True)
         sockdir = root / "rt"
         sockdir.mkdir()
-        (self.state / "sock").symlink_to(sockdir)
-        self.sock_path = str(self.state / "sock" / "dinitctl")
+        self.sock_path = str(sockdir / "dinitctl")
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(str(sockdir / "dinitctl"))
+        self.listener.bind(self.sock_path)
         self.listener.listen()
         self.boot = root / "boot.d"
         self.system_boot = root / "system boot.d"
         for p in (self.boot, self.system_boot):
             p.mkdir()
-        (self.state / "env").write_text(
-            f"dinitctl='{self.bindir}/dinitctl'\nboot_dir='{self.boot}'\n"
-            f"system_boot_dir='{self.system_boot}'\n")
 
     def close(self) -> None:
         self.listener.close()
@@ -871,10 +861,13 @@ esac""")
         with open(self.states, "a") as f:
             f.writelines(f"{n}={s}\n" for n, s in states.items())
 
-    def __call__(self, sock: str | None = None, start_rc: int = 0, path: str = "/usr/bin:/bin"
+    def __call__(self, sock: str | None = None, start_rc: int = 0, string: str | None = None
                  ) -> subprocess.CompletedProcess:
-        env = {"HOME": str(self.home), "PATH": path, "START_RC": str(start_rc)}
-        return subprocess.run([str(BACKEND), "ready", sock or self.sock_path], env=env,
+        env = {"HOME": str(self.home), "PATH": "/usr/bin:/bin", "START_RC": str(start_rc)}
+        if string is None:
+            string = (f"{self.bindir}/dinitctl\n{self.boot}\n{self.system_boot}\n"
+                      f"{sock or self.sock_path}")
+        return subprocess.run([str(BACKEND), "ready", string], env=env,
                               cwd=self.home, capture_output=True, text=True, timeout=30)
 
     def calls(self) -> list[str]:
@@ -934,26 +927,13 @@ def test_ready_fails_when_boot_does_not_start(ready):
     assert "could not start boot (dinitctl exited with 3" in res.stderr
 
 
-def test_ready_checks_its_socket(ready):
+def test_ready_checks_its_string(ready):
     res = ready(sock=str(ready.root / "no-socket"))
     assert res.returncode == 69 and "no control socket" in res.stderr
+    # a socket path alone is not what run writes
+    res = ready(string=ready.sock_path)
+    assert res.returncode == 69 and "no control socket at ''" in res.stderr
     assert ready.calls() == []
-
-
-def test_ready_with_a_plain_socket_uses_path_and_default_boot_dir(ready):
-    """A socket outside run's layout (a dinit not started by this backend's
-    run): dinitctl from PATH, the default boot dirs."""
-    plain = str(ready.root / "rt" / "dinitctl")
-    boot = ready.home / ".config" / "dinit.d" / "boot.d"
-    boot.mkdir(parents=True)
-    ready.services(boot, x="STARTED")
-    res = ready(sock=plain, path=f"{ready.bindir}:/usr/bin:/bin")
-    assert res.returncode == 0, res.stderr
-    assert "up x" in res.stdout.splitlines()
-    assert ready.calls()[0] == f"--quiet --socket-path {plain} start boot"
-    res = ready(sock=plain)
-    if shutil.which("dinitctl", path="/usr/bin:/bin") is None:
-        assert res.returncode == 69 and "dinitctl not found" in res.stderr
 
 
 def test_scripts_are_posix_sh():
