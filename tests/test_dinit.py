@@ -806,11 +806,9 @@ def test_stop_sends_term(run):
 
 class Ready:
     """`backends/dinit ready STRING`, STRING as run writes it (dinitctl, the
-    boot dirs, the socket), against a stand-in dinitctl: a sh
-    script that logs its arguments, exits with START_RC for `start` and
-    prints `State: X` for `status NAME` from the states file (NAME=X lines),
-    or fails like dinitctl does for a service it has not loaded (no state)
-    and for a lost connection (state `error`)."""
+    boot dirs, the socket), against a stand-in dinitctl: a sh script that
+    logs its arguments, exits with START_RC for `start` and prints the
+    states file for `list` (fails like a lost connection with LIST_FAILS)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -823,22 +821,14 @@ class Ready:
         self.states.write_text("")
         write_script(self.bindir / "dinitctl", f"""\
 echo "$*" >> {self.log}
-for a in "$@"; do last=$a; done
 case " $* " in
     *" start "*) exit "${{START_RC:-0}}" ;;
-    *" status "*)
-        st=$(sed -n "s/^$last=//p" {self.states})
-        case "$st" in
-            "")
-                echo "dinitctl: failed to find service description." >&2
-                exit 1
-                ;;
-            error)
-                echo "dinitctl: connecting to socket: Connection refused" >&2
-                exit 1
-                ;;
-        esac
-        printf 'Service: %s\\n    State: %s\\n' "$last" "$st"
+    *" list "*)
+        if [ -n "$LIST_FAILS" ]; then
+            echo "dinitctl: connecting to socket: Connection refused" >&2
+            exit 1
+        fi
+        cat {self.states}
         ;;
 esac""")
         sockdir = root / "rt"
@@ -855,15 +845,19 @@ esac""")
     def close(self) -> None:
         self.listener.close()
 
-    def services(self, directory: Path, **states: str) -> None:
-        for name in states:
-            (directory / name).symlink_to(f"../{name}")
+    def services(self, directory: Path | None, **states: str) -> None:
+        """Links in directory (None: loaded only), and their `list` lines:
+        a state is the 8 state columns, then details."""
+        if directory is not None:
+            for name in states:
+                (directory / name).symlink_to(f"../{name}")
         with open(self.states, "a") as f:
-            f.writelines(f"{n}={s}\n" for n, s in states.items())
+            f.writelines(f"[{s[:8]}] {n}{s[8:]}\n" for n, s in states.items())
 
-    def __call__(self, sock: str | None = None, start_rc: int = 0, string: str | None = None
-                 ) -> subprocess.CompletedProcess:
-        env = {"HOME": str(self.home), "PATH": "/usr/bin:/bin", "START_RC": str(start_rc)}
+    def __call__(self, sock: str | None = None, start_rc: int = 0, string: str | None = None,
+                 list_fails: bool = False) -> subprocess.CompletedProcess:
+        env = {"HOME": str(self.home), "PATH": "/usr/bin:/bin", "START_RC": str(start_rc),
+               "LIST_FAILS": "1" if list_fails else ""}
         if string is None:
             string = (f"{self.bindir}/dinitctl\n{self.boot}\n{self.system_boot}\n"
                       f"{sock or self.sock_path}")
@@ -881,30 +875,35 @@ def ready(tmp_path):
     r.close()
 
 
+# `dinitctl list` state columns (dinitctl(8))
+STARTED, SKIPPED, STARTING, FAILED = "{+}     ", "{s}     ", "{ }<<   ", "     {X}"
+
+
 def test_ready_starts_boot_and_reports_each_boot_service(ready):
-    ready.services(ready.system_boot, sysd="STARTED")
-    ready.services(ready.boot, a="STARTED", b="STARTED")
+    ready.services(ready.system_boot, sysd=STARTED)
+    ready.services(ready.boot, a=STARTED + " (pid: 12)", b=SKIPPED)
+    ready.services(None, boot=STARTED, ab=FAILED)  # loaded, not in a boot dir
     (ready.boot / ".hidden").write_text("")  # dinit skips dot names
     res = ready()
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == ["up sysd", "up a", "up b"]
-    calls = ready.calls()
-    assert calls[0] == f"--quiet --socket-path {ready.sock_path} start boot"
-    assert calls[1:] == [f"--socket-path {ready.sock_path} status {n}" for n in ("sysd", "a", "b")]
+    assert ready.calls() == [f"--quiet --socket-path {ready.sock_path} start boot",
+                             f"--socket-path {ready.sock_path} list"]
 
 
 def test_ready_fails_when_a_boot_service_did_not_start(ready):
-    ready.services(ready.boot, a="STARTED", bad="STOPPED (failed to start; exited - status 1)")
+    ready.services(ready.boot, a=STARTED, bad=FAILED + " (exit status: 1)", slow=STARTING)
     res = ready()
     assert res.returncode == 1
     assert res.stdout.splitlines() == ["up a"]
-    assert "boot service 'bad' is not started: STOPPED (failed to start" in res.stderr
-    assert "did not start: bad" in res.stderr
+    assert "boot service 'bad' is not started: STOPPED (failed)" in res.stderr
+    assert "boot service 'slow' is not started: STARTING" in res.stderr
+    assert "did not start: bad slow" in res.stderr
 
 
 def test_ready_ignores_entries_that_are_not_services(ready):
-    ready.services(ready.boot, a="STARTED")
-    (ready.boot / "gone").symlink_to("../gone")  # dinit ignores it as well
+    ready.services(ready.boot, a=STARTED)
+    (ready.boot / "gone").symlink_to("../gone")  # not loaded: dinit ignored it as well
     res = ready()
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == ["up a"]
@@ -912,11 +911,12 @@ def test_ready_ignores_entries_that_are_not_services(ready):
 
 
 def test_ready_fails_when_it_cannot_tell_a_state(ready):
-    ready.services(ready.boot, a="STARTED", b="error")
-    res = ready()
+    ready.services(ready.boot, a=STARTED)
+    res = ready(list_fails=True)
     assert res.returncode == 1
-    assert res.stdout.splitlines() == ["up a"]
-    assert "cannot tell the state of 'b': dinitctl: connecting" in res.stderr
+    assert res.stdout == ""
+    assert "cannot tell the state of the boot services" in res.stderr
+    assert "dinitctl: connecting" in res.stderr
 
 
 def test_ready_fails_when_boot_does_not_start(ready):
