@@ -638,6 +638,31 @@ def test_run_accepts_dinit_0_17_and_later(run, version):
     assert res.returncode == 0, res.stderr
 
 
+def test_run_keeps_what_dinit_and_dinit_monitor_said(run):
+    """Stand-ins (fake_dinit), asked for their version and -E at the first
+    run only: the answers are kept while the programs' mtimes stay."""
+    bindir = fake_dinit(run.root / "bin", run.out)
+    run.conf(f"dinit_path={bindir}")
+    res, _ = run()
+    assert res.returncode == 0 and res.stderr == ""
+    kept = run.home / ".cache" / "turnstiled"
+    assert (kept / "dinit").read_text() == f"{bindir}/dinit\n0.22.1\n"
+    assert (kept / "dinit-monitor").read_text() == f"{bindir}/dinit-monitor\n-E\n"
+    # other answers, same mtimes: not asked
+    mtimes = {n: os.stat(bindir / n).st_mtime_ns for n in ("dinit", "dinit-monitor")}
+    fake_dinit(bindir, run.out, version="0.9.0", monitor="old")
+    for name, ns in mtimes.items():
+        os.utime(bindir / name, ns=(ns, ns))
+    res, _ = run()
+    assert res.returncode == 0 and res.stderr == ""
+    assert run.argv()[-1] == "graphical.target"
+    # a new mtime, even an older one: asked again
+    for name, ns in mtimes.items():
+        os.utime(bindir / name, ns=(ns, ns - 10**9))
+    res, _ = run()
+    assert res.returncode == 69 and "is dinit 0.9.0" in res.stderr
+
+
 def test_run_refuses_a_dinit_of_unknown_version(run):
     """Stand-in: a dinit whose --version prints something else."""
     bindir = fake_dinit(run.root / "bin", run.out)
