@@ -558,12 +558,10 @@ def test_run_writes_the_login_services_and_execs_dinit(run):
     assert res.stderr == ""
     # run execs dinit: same process
     assert int((run.out / "pid").read_text()) == run.pid
-    state = run.srvdir / ".turnstiled"
-    sock = f"{state}/sock/dinitctl"
-    # dinit wrote its socket path and a NUL into the fifo, as exec'd by run
-    assert ready == sock.encode() + b"\0"
-    assert os.readlink(state / "sock") == str(run.rundir)
+    sock = f"{run.rundir}/dinitctl"
     boot_d = f"{run.home}/.config/dinit.d/boot.d"
+    # what ready gets: run's lines, then the socket path and NUL dinit wrote
+    assert ready == f"{bindir}/dinitctl\n{boot_d}\n{system_boot}\n{sock}\0".encode()
     assert os.path.isdir(boot_d)
     assert run.argv() == [
         "--user", "--ready-fd", "3", "--socket-path", sock,
@@ -579,17 +577,12 @@ def test_run_writes_the_login_services_and_execs_dinit(run):
     assert run.service("login.target") == ["type = internal"]
     assert run.service("graphical.target") == ["type = triggered", "depends-on = login.target",
                                                "waits-for = graphical.monitor"]
-    monitor = run.service("graphical.monitor")
-    assert monitor[0] == "type = process"
-    assert f'command = "{state}/graphical-monitor"' in monitor
-    script = (state / "graphical-monitor").read_text()
-    assert f"'{bindir}/dinit-monitor' -E -i --socket-path '{sock}'" in script
-    assert "WAYLAND_DISPLAY DISPLAY" in script
-    notify = (state / "graphical-notify").read_text()
+    assert run.service("graphical.monitor") == [
+        "type = process", "depends-on = login.target",
+        f'command = "{bindir}/dinit-monitor" -E -i --socket-path "{sock}" '
+        f'-c "/bin/sh {run.srvdir}/.graphical-notify %s" WAYLAND_DISPLAY DISPLAY']
+    notify = (run.srvdir / ".graphical-notify").read_text()
     assert f"'{bindir}/dinitctl' --quiet --socket-path '{sock}' trigger graphical.target" in notify
-    # what ready will read
-    env = (state / "env").read_text()
-    assert f"dinitctl='{bindir}/dinitctl'" in env and f"boot_dir='{boot_d}'" in env
     # dinit's environment: dinit_path first on PATH
     dinit_env = dict(ln.split("=", 1) for ln in (run.out / "env").read_text().splitlines()
                      if "=" in ln)
@@ -603,9 +596,7 @@ def test_run_without_a_runtime_dir_uses_the_home_socket(run):
     run.conf(f"dinit_path={bindir}")
     res, ready = run(env={"XDG_RUNTIME_DIR": ""})
     assert res.returncode == 0, res.stderr
-    state = run.srvdir / ".turnstiled"
-    assert ready == f"{state}/sock/.dinitctl".encode() + b"\0"
-    assert os.readlink(state / "sock") == str(run.home)
+    assert ready.endswith(f"\n{run.home}/.dinitctl\0".encode())
 
 
 def test_run_finds_dinit_on_the_login_path(run):
@@ -614,9 +605,7 @@ def test_run_finds_dinit_on_the_login_path(run):
     bindir = fake_dinit(run.root / "bin", run.out)
     res, ready = run(path=f"{bindir}:/usr/bin:/bin")
     assert res.returncode == 0, res.stderr
-    assert ready.endswith(b"/sock/dinitctl\0")
-    env = (run.srvdir / ".turnstiled" / "env").read_text()
-    assert f"dinitctl='{bindir}/dinitctl'" in env
+    assert ready.startswith(f"{bindir}/dinitctl\n".encode())
 
 
 def test_run_reports_a_missing_dinit(run):
@@ -647,6 +636,31 @@ def test_run_accepts_dinit_0_17_and_later(run, version):
     run.conf(f"dinit_path={bindir}")
     res, _ = run()
     assert res.returncode == 0, res.stderr
+
+
+def test_run_keeps_what_dinit_and_dinit_monitor_said(run):
+    """Stand-ins (fake_dinit), asked for their version and -E at the first
+    run only: the answers are kept while the programs' mtimes stay."""
+    bindir = fake_dinit(run.root / "bin", run.out)
+    run.conf(f"dinit_path={bindir}")
+    res, _ = run()
+    assert res.returncode == 0 and res.stderr == ""
+    kept = run.home / ".cache" / "turnstiled"
+    assert (kept / "dinit").read_text() == f"{bindir}/dinit\n0.22.1\n"
+    assert (kept / "dinit-monitor").read_text() == f"{bindir}/dinit-monitor\n-E\n"
+    # other answers, same mtimes: not asked
+    mtimes = {n: os.stat(bindir / n).st_mtime_ns for n in ("dinit", "dinit-monitor")}
+    fake_dinit(bindir, run.out, version="0.9.0", monitor="old")
+    for name, ns in mtimes.items():
+        os.utime(bindir / name, ns=(ns, ns))
+    res, _ = run()
+    assert res.returncode == 0 and res.stderr == ""
+    assert run.argv()[-1] == "graphical.target"
+    # a new mtime, even an older one: asked again
+    for name, ns in mtimes.items():
+        os.utime(bindir / name, ns=(ns, ns - 10**9))
+    res, _ = run()
+    assert res.returncode == 69 and "is dinit 0.9.0" in res.stderr
 
 
 def test_run_refuses_a_dinit_of_unknown_version(run):
@@ -698,7 +712,7 @@ def test_run_with_a_conf_whose_last_command_fails(run):
     run.conf(f"dinit_path={bindir}", "[ -e /nonexistent ] && dinit_args=--quiet")
     res, ready = run()
     assert res.returncode == 0, res.stderr
-    assert ready.endswith(b"/sock/dinitctl\0")
+    assert ready.endswith(b"/run/dinitctl\0")
 
 
 def test_run_takes_the_dinit_program_as_dinit_path(run):
@@ -707,7 +721,7 @@ def test_run_takes_the_dinit_program_as_dinit_path(run):
     run.conf(f"dinit_path={bindir}/dinit")
     res, ready = run()
     assert res.returncode == 0, res.stderr
-    assert ready.endswith(b"/sock/dinitctl\0")
+    assert ready.endswith(b"/run/dinitctl\0")
     assert run.argv()[-1] == "graphical.target"
 
 
@@ -741,19 +755,26 @@ def test_run_with_an_empty_boot_dir_waits_for_nothing(run):
 
 
 def test_run_quotes_paths_for_dinit_and_sh(run):
-    """Stand-in dinit (fake_dinit)."""
-    bindir = fake_dinit(run.root / "bin", run.out, monitor=None)
-    run.conf(f"dinit_path={bindir}", r"""boot_dir="$HOME/it's a \"q\" \\dir" """)
-    res, _ = run()
+    """Stand-ins for dinit and dinit-monitor (fake_dinit), in a directory
+    whose name has a quote and a blank; dinitctl records its arguments."""
+    bindir = fake_dinit(run.root / "it's bin", run.out)
+    write_script(bindir / "dinitctl", f'printf "%s\\n" "$@" > {run.out}/ctl')
+    run.conf(f"dinit_path='{run.root}/it'\\''s bin'",
+             r"""boot_dir="$HOME/it's a \"q\" \\dir" """)
+    res, ready = run()
     assert res.returncode == 0, res.stderr
     boot_dir = f"{run.home}/it's a \"q\" \\dir"
     assert os.path.isdir(boot_dir)
     assert run.service("boot")[-1] == \
         f'waits-for.d = "{run.home}/it\'s a \\"q\\" \\\\dir"'
-    env_file = run.srvdir / ".turnstiled" / "env"
-    got = subprocess.run(["sh", "-c", '. "$1"; printf %s "$boot_dir"', "sh", str(env_file)],
-                         capture_output=True, text=True, timeout=10).stdout
-    assert got == boot_dir
+    assert f"\n{boot_dir}\n".encode() in ready
+    assert f'command = "{bindir}/dinit-monitor" -E' in run.service("graphical.monitor")[-1]
+    # what dinit-monitor runs when a display appears
+    notify = subprocess.run(["sh", str(run.srvdir / ".graphical-notify"), "set"],
+                            capture_output=True, text=True, timeout=10)
+    assert notify.returncode == 0, notify.stderr
+    assert (run.out / "ctl").read_text().splitlines() == [
+        "--quiet", "--socket-path", f"{run.rundir}/dinitctl", "trigger", "graphical.target"]
 
 
 def test_run_refuses_paths_dinit_would_misread(run):
@@ -809,11 +830,10 @@ def test_stop_sends_term(run):
 
 
 class Ready:
-    """`backends/dinit ready SOCKET` against a stand-in dinitctl: a sh
-    script that logs its arguments, exits with START_RC for `start` and
-    prints `State: X` for `status NAME` from the states file (NAME=X lines),
-    or fails like dinitctl does for a service it has not loaded (no state)
-    and for a lost connection (state `error`)."""
+    """`backends/dinit ready STRING`, STRING as run writes it (dinitctl, the
+    boot dirs, the socket), against a stand-in dinitctl: a sh script that
+    logs its arguments, exits with START_RC for `start` and prints the
+    states file for `list` (fails like a lost connection with LIST_FAILS)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -826,55 +846,47 @@ class Ready:
         self.states.write_text("")
         write_script(self.bindir / "dinitctl", f"""\
 echo "$*" >> {self.log}
-for a in "$@"; do last=$a; done
 case " $* " in
     *" start "*) exit "${{START_RC:-0}}" ;;
-    *" status "*)
-        st=$(sed -n "s/^$last=//p" {self.states})
-        case "$st" in
-            "")
-                echo "dinitctl: failed to find service description." >&2
-                exit 1
-                ;;
-            error)
-                echo "dinitctl: connecting to socket: Connection refused" >&2
-                exit 1
-                ;;
-        esac
-        printf 'Service: %s\\n    State: %s\\n' "$last" "$st"
+    *" list "*)
+        if [ -n "$LIST_FAILS" ]; then
+            echo "dinitctl: connecting to socket: Connection refused" >&2
+            exit 1
+        fi
+        cat {self.states}
         ;;
 esac""")
-        # run's layout: SRVDIR/.turnstiled/{{env,sock -> socket dir}}
-        self.state = root / "srv" / ".turnstiled"
-        self.state.mkdir(parents=True)
         sockdir = root / "rt"
         sockdir.mkdir()
-        (self.state / "sock").symlink_to(sockdir)
-        self.sock_path = str(self.state / "sock" / "dinitctl")
+        self.sock_path = str(sockdir / "dinitctl")
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(str(sockdir / "dinitctl"))
+        self.listener.bind(self.sock_path)
         self.listener.listen()
         self.boot = root / "boot.d"
         self.system_boot = root / "system boot.d"
         for p in (self.boot, self.system_boot):
             p.mkdir()
-        (self.state / "env").write_text(
-            f"dinitctl='{self.bindir}/dinitctl'\nboot_dir='{self.boot}'\n"
-            f"system_boot_dir='{self.system_boot}'\n")
 
     def close(self) -> None:
         self.listener.close()
 
-    def services(self, directory: Path, **states: str) -> None:
-        for name in states:
-            (directory / name).symlink_to(f"../{name}")
+    def services(self, directory: Path | None, **states: str) -> None:
+        """Links in directory (None: loaded only), and their `list` lines:
+        a state is the 8 state columns, then details."""
+        if directory is not None:
+            for name in states:
+                (directory / name).symlink_to(f"../{name}")
         with open(self.states, "a") as f:
-            f.writelines(f"{n}={s}\n" for n, s in states.items())
+            f.writelines(f"[{s[:8]}] {n}{s[8:]}\n" for n, s in states.items())
 
-    def __call__(self, sock: str | None = None, start_rc: int = 0, path: str = "/usr/bin:/bin"
-                 ) -> subprocess.CompletedProcess:
-        env = {"HOME": str(self.home), "PATH": path, "START_RC": str(start_rc)}
-        return subprocess.run([str(BACKEND), "ready", sock or self.sock_path], env=env,
+    def __call__(self, sock: str | None = None, start_rc: int = 0, string: str | None = None,
+                 list_fails: bool = False) -> subprocess.CompletedProcess:
+        env = {"HOME": str(self.home), "PATH": "/usr/bin:/bin", "START_RC": str(start_rc),
+               "LIST_FAILS": "1" if list_fails else ""}
+        if string is None:
+            string = (f"{self.bindir}/dinitctl\n{self.boot}\n{self.system_boot}\n"
+                      f"{sock or self.sock_path}")
+        return subprocess.run([str(BACKEND), "ready", string], env=env,
                               cwd=self.home, capture_output=True, text=True, timeout=30)
 
     def calls(self) -> list[str]:
@@ -888,30 +900,35 @@ def ready(tmp_path):
     r.close()
 
 
+# `dinitctl list` state columns (dinitctl(8))
+STARTED, SKIPPED, STARTING, FAILED = "{+}     ", "{s}     ", "{ }<<   ", "     {X}"
+
+
 def test_ready_starts_boot_and_reports_each_boot_service(ready):
-    ready.services(ready.system_boot, sysd="STARTED")
-    ready.services(ready.boot, a="STARTED", b="STARTED")
+    ready.services(ready.system_boot, sysd=STARTED)
+    ready.services(ready.boot, a=STARTED + " (pid: 12)", b=SKIPPED)
+    ready.services(None, boot=STARTED, ab=FAILED)  # loaded, not in a boot dir
     (ready.boot / ".hidden").write_text("")  # dinit skips dot names
     res = ready()
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == ["up sysd", "up a", "up b"]
-    calls = ready.calls()
-    assert calls[0] == f"--quiet --socket-path {ready.sock_path} start boot"
-    assert calls[1:] == [f"--socket-path {ready.sock_path} status {n}" for n in ("sysd", "a", "b")]
+    assert ready.calls() == [f"--quiet --socket-path {ready.sock_path} start boot",
+                             f"--socket-path {ready.sock_path} list"]
 
 
 def test_ready_fails_when_a_boot_service_did_not_start(ready):
-    ready.services(ready.boot, a="STARTED", bad="STOPPED (failed to start; exited - status 1)")
+    ready.services(ready.boot, a=STARTED, bad=FAILED + " (exit status: 1)", slow=STARTING)
     res = ready()
     assert res.returncode == 1
     assert res.stdout.splitlines() == ["up a"]
-    assert "boot service 'bad' is not started: STOPPED (failed to start" in res.stderr
-    assert "did not start: bad" in res.stderr
+    assert "boot service 'bad' is not started: STOPPED (failed)" in res.stderr
+    assert "boot service 'slow' is not started: STARTING" in res.stderr
+    assert "did not start: bad slow" in res.stderr
 
 
 def test_ready_ignores_entries_that_are_not_services(ready):
-    ready.services(ready.boot, a="STARTED")
-    (ready.boot / "gone").symlink_to("../gone")  # dinit ignores it as well
+    ready.services(ready.boot, a=STARTED)
+    (ready.boot / "gone").symlink_to("../gone")  # not loaded: dinit ignored it as well
     res = ready()
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == ["up a"]
@@ -919,11 +936,12 @@ def test_ready_ignores_entries_that_are_not_services(ready):
 
 
 def test_ready_fails_when_it_cannot_tell_a_state(ready):
-    ready.services(ready.boot, a="STARTED", b="error")
-    res = ready()
+    ready.services(ready.boot, a=STARTED)
+    res = ready(list_fails=True)
     assert res.returncode == 1
-    assert res.stdout.splitlines() == ["up a"]
-    assert "cannot tell the state of 'b': dinitctl: connecting" in res.stderr
+    assert res.stdout == ""
+    assert "cannot tell the state of the boot services" in res.stderr
+    assert "dinitctl: connecting" in res.stderr
 
 
 def test_ready_fails_when_boot_does_not_start(ready):
@@ -934,26 +952,13 @@ def test_ready_fails_when_boot_does_not_start(ready):
     assert "could not start boot (dinitctl exited with 3" in res.stderr
 
 
-def test_ready_checks_its_socket(ready):
+def test_ready_checks_its_string(ready):
     res = ready(sock=str(ready.root / "no-socket"))
     assert res.returncode == 69 and "no control socket" in res.stderr
+    # a socket path alone is not what run writes
+    res = ready(string=ready.sock_path)
+    assert res.returncode == 69 and "no control socket at ''" in res.stderr
     assert ready.calls() == []
-
-
-def test_ready_with_a_plain_socket_uses_path_and_default_boot_dir(ready):
-    """A socket outside run's layout (a dinit not started by this backend's
-    run): dinitctl from PATH, the default boot dirs."""
-    plain = str(ready.root / "rt" / "dinitctl")
-    boot = ready.home / ".config" / "dinit.d" / "boot.d"
-    boot.mkdir(parents=True)
-    ready.services(boot, x="STARTED")
-    res = ready(sock=plain, path=f"{ready.bindir}:/usr/bin:/bin")
-    assert res.returncode == 0, res.stderr
-    assert "up x" in res.stdout.splitlines()
-    assert ready.calls()[0] == f"--quiet --socket-path {plain} start boot"
-    res = ready(sock=plain)
-    if shutil.which("dinitctl", path="/usr/bin:/bin") is None:
-        assert res.returncode == 69 and "dinitctl not found" in res.stderr
 
 
 def test_scripts_are_posix_sh():
