@@ -79,6 +79,7 @@ def main() -> int:
         write(conf, f"""# the default configuration, paths moved into {top}
 backend_dir = {top}/backends
 holder_path = {REPO}/holder/turnstiled-holder
+fdstore_path = {REPO}/holder/turnstiled-fdstore
 socket_path = {top}/control.sock
 admin_socket_path = {top}/admin.sock
 state_dir = {top}/state
@@ -149,8 +150,9 @@ session optional pam_exec.so stdout type=open_session {show}
         return 0
     finally:
         if daemon is not None:
-            say("stopping turnstiled")
-            daemon.send_signal(signal.SIGTERM)
+            say("stopping turnstiled (SIGINT: a full stop; SIGTERM would leave every "
+                "session and manager to the next turnstiled)")
+            daemon.send_signal(signal.SIGINT)
             try:
                 print(f"turnstiled exited with status {daemon.wait(30)}")
             except subprocess.TimeoutExpired:

@@ -45,6 +45,7 @@ class FdStore:
         self.adopt_timeout, self.children = adopt_timeout, children
         self._sock: socket.socket | None = None
         self.pid: int | None = None  # when we started it
+        self._quitting = False
 
     def open(self) -> list[Entry]:
         """Connects to the store a previous daemon left and takes back what
@@ -67,6 +68,7 @@ class FdStore:
     def quit(self) -> None:
         """Tells the store to close everything it keeps and exit."""
         self._send(b"quit")
+        self._quitting = True
 
     def close(self) -> None:
         """Leaves the store to the next daemon (its adopt timeout starts)."""
@@ -114,6 +116,8 @@ class FdStore:
         log.info("fd store started (pid %d)", self.pid)
 
     def _exited(self, status: int) -> None:
+        if self._quitting:
+            return
         log.error("the fd store (pid %s) exited with status %d: a restart now would "
                   "stop every manager", self.pid, status)
         self.pid = None

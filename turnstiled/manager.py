@@ -295,7 +295,9 @@ class Manager:
         done = not data or b"\0" in self._ready_buf or len(self._ready_buf) >= MAX_READY
         if not done:
             return
-        text = self._ready_buf.split(b"\0", 1)[0][:MAX_READY].decode(errors="replace").strip()
+        # Passed on to `ready` byte for byte (paths need not be UTF-8).
+        text = self._ready_buf.split(b"\0", 1)[0][:MAX_READY].decode(
+            errors="surrogateescape").strip()
         self._close_fifo()
         os.unlink(os.path.join(self._dir, "ready"))
         log.debug("manager of %s: accepts commands (%r)", self.user.name, text)
