@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT, read_kv
 from pamclient import write_service
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 MODULE_REL = "pam/pam_turnstile.so"
 # Names a prebuilt PAM module to test instead of building pam/pam_turnstile.so.
 MODULE_ENV = "TURNSTILED_TEST_PAM_MODULE"
@@ -70,20 +70,6 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
-
-
-def read_kv(path: str | os.PathLike) -> dict[str, str] | None:
-    """A KEY=VALUE state file as a dict; None when it does not exist."""
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        return None
-    out = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            out[key] = value
-    return out
 
 
 def _pids_of_uid(uid: int) -> list[int]:

@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 
-from pamclient import PAM_RHOST, PamFailure, PamLogin
+from helpers import PAM_RHOST
+from pamclient import PamFailure, PamLogin
 from procs import procs_of, wait_for
 from test_runit import Services
 

@@ -25,20 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import build_module, read_kv, wait_for
-from pamclient import (
+from conftest import build_module, wait_for
+from helpers import (
     PAM_RHOST,
     PAM_RUSER,
     PAM_SESSION_ERR,
     PAM_TTY,
     PAM_XDISPLAY,
-    PamFailure,
-    PamLogin,
-    pamtester,
-    write_service,
+    TESTS_DIR,
+    read_kv,
 )
+from pamclient import PamFailure, PamLogin, pamtester, write_service
 
-TESTS_DIR = Path(__file__).resolve().parent
 SESSION_ERR_TEXT = "Cannot make/remove an entry for the specified session"
 FAKE_ENV = {"XDG_RUNTIME_DIR": "/x", "FOO": "bar"}
 # Bound on one pam_open_session in this process (a hung module fails the test).

@@ -13,10 +13,9 @@ import time
 
 import pytest
 from burst import OK, Burst, tally
+from helpers import PAM_SESSION_ERR
 from pamclient import PamFailure, PamLogin
 from procs import procs_of, wait_for
-
-PAM_SESSION_ERR = 14
 
 
 def runsvdirs(uid: int) -> list[int]:
