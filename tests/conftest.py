@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT, read_kv
+from helpers import REPO_ROOT, listening, pids_of, read_kv
 from pamclient import write_service
 
 MODULE_REL = "pam/pam_turnstile.so"
@@ -72,30 +72,13 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
         time.sleep(interval)
 
 
-def _pids_of_uid(uid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as f:
-                for line in f:
-                    if line.startswith("Uid:"):
-                        if int(line.split()[1]) == uid:
-                            pids.append(int(entry))
-                        break
-        except (OSError, ValueError):
-            continue
-    return pids
-
-
 def kill_uid_processes(uid: int, timeout: float = 5.0) -> None:
     """SIGKILLs, by pid, every process whose real uid is uid (a test user's)."""
     if uid == 0:
         raise ValueError("refusing to kill root's processes")
     deadline = time.monotonic() + timeout
     while True:
-        pids = _pids_of_uid(uid)
+        pids = pids_of(uid)
         if not pids or time.monotonic() >= deadline:
             return
         for pid in pids:
@@ -367,24 +350,6 @@ class Daemon:
         return self.proc.returncode
 
 
-def _listening(path: str) -> bool:
-    """Whether a Unix socket bound at path is listening, seen in
-    /proc/net/unix: probing with connect() would show up in the daemon's log
-    as a client that never finished its handshake."""
-    try:
-        with open("/proc/net/unix") as f:
-            next(f)
-            for line in f:
-                fields = line.split(None, 7)
-                # Flags 00010000 is __SO_ACCEPTCON: listen() was called.
-                if len(fields) == 8 and fields[7].rstrip("\n") == path and \
-                        int(fields[3], 16) & 0x10000:
-                    return True
-    except OSError:
-        pass
-    return False
-
-
 def _chmod_readable(root: Path) -> None:
     """chmod -R a+rX."""
     for dirpath, dirnames, filenames in os.walk(root):
@@ -502,7 +467,7 @@ def daemon(sandbox: Path, request: pytest.FixtureRequest) -> Iterator[Callable[.
             if proc.poll() is not None:
                 pytest.fail(f"turnstiled exited with {proc.returncode} at start; log:\n"
                             f"{d.log_tail()}")
-            if d.socket_path and _listening(d.socket_path):
+            if d.socket_path and listening(d.socket_path):
                 return d
             if time.monotonic() >= deadline:
                 pytest.fail(f"turnstiled did not listen on {d.socket_path} within "

@@ -1,9 +1,12 @@
-"""Looking at a test user's processes, and waiting without hanging."""
+"""What test_dinit.py imports from here, until it takes them from helpers.py."""
 
 from __future__ import annotations
 
-import os
 import time
+
+from helpers import procs_of
+
+__all__ = ["procs_of", "wait_for"]
 
 
 def wait_for(predicate, timeout, interval=0.02):
@@ -15,21 +18,3 @@ def wait_for(predicate, timeout, interval=0.02):
             return value
         time.sleep(interval)
     return predicate()
-
-
-def procs_of(uid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every process owned by uid."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}").st_uid != uid:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        if cmd:
-            out.append((int(entry), cmd))
-    return out

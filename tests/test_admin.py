@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+from helpers import fds_of
 from pamclient import PamLogin
 from procs import procs_of, wait_for
 from test_runit import Services, runsvdirs
@@ -149,7 +150,7 @@ def test_terminate_user_ends_the_pam_side_and_the_manager(daemon, test_user, pam
         # The PAM side's end of the session: the module's socket to the
         # daemon, found among this process's fds (dup'ed, so ours to look at).
         conns = []
-        for fd in map(int, os.listdir("/proc/self/fd")):
+        for fd in fds_of():
             try:
                 sock = socket.socket(fileno=os.dup(fd))
             except OSError:

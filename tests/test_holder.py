@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import build_holder
+from helpers import cmdline_of, fds_of, open_files_limit, rss_kb, status_of
 from procs import procs_of, wait_for
 
 GONE_TIMEOUT = 15
@@ -183,11 +184,6 @@ def env_of(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
-def status_of(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/status") as f:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-
-
 def stop_and_wait(h: Holder, user) -> None:
     h.send("stop")
     h.until("gone", GONE_TIMEOUT)
@@ -207,17 +203,17 @@ def test_run_ready_and_stop_as_the_user_in_one_clean_environment(setup, holders,
     assert verb == "pid", (verb, pid, h.log())
     pid = int(pid)
     assert wait_for(lambda: (setup.out / "run.env").exists(), 5)
-    assert wait_for(lambda: open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"sleep"), 5)
+    assert wait_for(lambda: cmdline_of(pid).startswith("sleep"), 5)
     st = status_of(pid)
     assert st["Uid"].split() == [str(u.uid)] * 4
     assert st["Gid"].split() == [str(u.gid)] * 4
     assert set(map(int, st["Groups"].split())) == {u.gid, 4242, 4243}
-    assert sorted(os.listdir(f"/proc/{pid}/fd")) == ["0", "1", "2"]
-    assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
+    fds = fds_of(pid)
+    assert sorted(fds) == [0, 1, 2]
+    assert fds[0] == "/dev/null"
     assert os.getsid(pid) == pid, "run is not in a session of its own"
-    with open(f"/proc/{pid}/limits") as f:
-        nofile = next(line for line in f if line.startswith("Max open files")).split()
-    assert nofile[3] == "777", nofile  # the daemon's raised limit is not the user's
+    # The daemon's raised limit is not the user's.
+    assert open_files_limit(pid) == 777
     assert (setup.out / "run.cwd").read_text().strip() == u.home
     assert (setup.out / "run.args").read_text().split() == [
         "run", str(setup.sandbox / "fifo"), str(setup.sandbox / "srv"),
@@ -326,8 +322,7 @@ def test_up_lines_are_bounded_and_a_flood_does_not_grow_the_holder(setup, holder
     # The background writer lost its reader with the report: it is gone,
     # and the holder stayed small.
     assert wait_for(lambda: not [p for p, c in procs_of(test_user.uid) if "sleep" not in c], 5)
-    rss = int(status_of(h.pid)["VmRSS"].split()[0])
-    assert rss < 8000, rss
+    assert rss_kb(h.pid) < 8000
     h.send("ready", "again")  # once only
     stop_and_wait(h, test_user)
     assert "ready ignored" in h.log()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 
+from helpers import children_of
 from pamclient import PamLogin
 from procs import procs_of, wait_for
 from test_admin import ctl
@@ -15,20 +16,7 @@ from test_runit import Services, runsvdirs
 
 def holders(daemon_pid: int) -> list[int]:
     """The daemon's children that are holders."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        comm = stat[stat.index(b"(") + 1:stat.rfind(b")")]
-        ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
-        if ppid == daemon_pid and comm.startswith(b"turnstiled-hold"):
-            found.append(int(entry))
-    return found
+    return [pid for pid, comm in children_of(daemon_pid) if comm.startswith("turnstiled-hold")]
 
 
 def services(user) -> Services:

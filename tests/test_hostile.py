@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from helpers import PAM_RHOST
+from helpers import PAM_RHOST, fds_of, mounts, open_files_limit, rss_kb
 from pamclient import PamFailure, PamLogin
 from procs import procs_of, wait_for
 from test_runit import Services
@@ -90,9 +90,7 @@ def test_a_flood_of_up_lines_does_not_grow_the_daemon(daemon, test_users, pam_mo
     d = daemon(backend="runit", login_timeout=20)
     with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
         pam.open()
-        with open(f"/proc/{d.pid}/status") as f:
-            rss = int(next(line for line in f if line.startswith("VmRSS")).split()[1])
-        assert rss < 100_000, f"daemon RSS {rss} kB"
+        assert rss_kb(d.pid) < 100_000
         status = subprocess.run([sys.executable, "-m", "turnstiled.ctl", "--admin-socket",
                                  d.admin_socket_path, "--json", "user-status", user.name],
                                 capture_output=True, text=True, timeout=30).stdout
@@ -138,9 +136,7 @@ def _login_time(d, user) -> float:
 def test_a_user_holding_connections_cannot_starve_logins(daemon, test_users, pam_module):
     victim, attacker = test_users[0], test_users[1]
     d = daemon()
-    with open(f"/proc/{d.pid}/limits") as f:
-        soft = int(next(line for line in f if line.startswith("Max open files")).split()[3])
-    assert soft >= 4096, soft  # raised, as daemons do
+    assert open_files_limit(d.pid) >= 4096  # raised, as daemons do
     holders = []
     try:
         for path in (d.admin_socket_path, d.socket_path):
@@ -155,7 +151,7 @@ def test_a_user_holding_connections_cannot_starve_logins(daemon, test_users, pam
         # Refused control connections are answered within half a second;
         # what counts is that the daemon holds few descriptors for them.
         assert control_open <= 16, control_open
-        assert len(os.listdir(f"/proc/{d.pid}/fd")) < 64
+        assert len(fds_of(d.pid)) < 64
         assert _login_time(d, victim) < 1.0
     finally:
         for p in holders:
@@ -188,9 +184,7 @@ def test_a_client_that_never_reads_is_dropped(daemon, test_users, pam_module):
         flood.kill()
         flood.wait(5)
     assert out.startswith("dropped after"), out
-    with open(f"/proc/{d.pid}/status") as f:
-        rss = int(next(line for line in f if line.startswith("VmRSS")).split()[1])
-    assert rss < 100_000, rss
+    assert rss_kb(d.pid) < 100_000
 
 
 def _admin(d, line: bytes, user=None) -> dict:
@@ -334,9 +328,7 @@ def test_a_user_filling_their_runtime_dir_fills_only_their_own(daemon, test_user
         path = d.rundir(user.uid)
         with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
             pam.open()
-            with open("/proc/self/mountinfo") as f:
-                mounts = [line.split() for line in f]
-            [mount] = [m for m in mounts if m[4] == path]
+            [mount] = [m for m in mounts() if m[4] == path]
             assert mount[mount.index("-") + 1] == "tmpfs" and "nosuid" in mount[5]
             st = os.stat(path)
             assert st.st_uid == user.uid and stat.S_IMODE(st.st_mode) == 0o700
@@ -350,8 +342,7 @@ def test_a_user_filling_their_runtime_dir_fills_only_their_own(daemon, test_user
                 pam2.close()
             pam.close()
         assert wait_for(lambda: not os.path.exists(path), 5)
-        with open("/proc/self/mountinfo") as f:
-            assert path not in f.read()
+        assert not [m for m in mounts() if path in m[4]]
         d.stop()
     finally:
         subprocess.run(["umount", "-R", "-l", str(run)], check=False)

@@ -33,6 +33,8 @@ from helpers import (
     PAM_TTY,
     PAM_XDISPLAY,
     TESTS_DIR,
+    fd_flags,
+    fds_of,
     read_kv,
 )
 from pamclient import PamFailure, PamLogin, pamtester, write_service
@@ -754,24 +756,8 @@ def test_process_exit_closes_the_connection(fake_server, confdir, pam_module, te
     assert conn.eof.wait(3)
 
 
-def _socket_fds() -> dict[int, str]:
-    out = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue
-        if target.startswith("socket:"):
-            out[int(name)] = target
-    return out
-
-
-def _fd_flags(fd: int) -> int:
-    with open(f"/proc/self/fdinfo/{fd}") as f:
-        for line in f:
-            if line.startswith("flags:"):
-                return int(line.split()[1], 8)
-    raise AssertionError(f"no flags in /proc/self/fdinfo/{fd}")
+def _socket_fds() -> set[int]:
+    return {fd for fd, target in fds_of().items() if target.startswith("socket:")}
 
 
 def test_connection_is_close_on_exec(fake_server, confdir, pam_module, test_user):
@@ -787,10 +773,10 @@ def test_connection_is_close_on_exec(fake_server, confdir, pam_module, test_user
         login.open(timeout=OPEN_TIMEOUT, unblock=server.drop_connections)
         conn = server.wait_conn()
         conn.wait_handshake()
-        new = set(_socket_fds()) - set(before) - server.server_fds()
+        new = _socket_fds() - before - server.server_fds()
         assert len(new) == 1, f"expected one new client socket, found fds {sorted(new)}"
         (fd,) = new
-        assert _fd_flags(fd) & os.O_CLOEXEC, f"fd {fd} of the module lacks O_CLOEXEC"
+        assert fd_flags(fd) & os.O_CLOEXEC, f"fd {fd} of the module lacks O_CLOEXEC"
         # close_fds=False: the child gets every fd not marked close-on-exec.
         child = subprocess.Popen(["sleep", "5"], close_fds=False)
         assert login.close_session() == 0
@@ -810,7 +796,7 @@ def test_failed_session_leaks_no_fd(fake_server, confdir, pam_module, test_user)
     fails_with_session_err(PamLogin(service, test_user.name, confdir),
                            unblock=server.drop_connections)
     assert server.wait_conn().wait_handshake().uid == test_user.uid
-    leaked = set(_socket_fds()) - set(before) - server.server_fds()
+    leaked = _socket_fds() - before - server.server_fds()
     assert not leaked, f"socket fds left open by a failed session: {sorted(leaked)}"
 
 

@@ -13,18 +13,13 @@ import time
 
 import pytest
 from burst import OK, Burst, tally
-from helpers import PAM_SESSION_ERR
+from helpers import PAM_SESSION_ERR, status_of
 from pamclient import PamFailure, PamLogin
 from procs import procs_of, wait_for
 
 
 def runsvdirs(uid: int) -> list[int]:
     return [pid for pid, cmd in procs_of(uid) if cmd.startswith("runsvdir ")]
-
-
-def status_ids(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/status") as f:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
 class Services:
@@ -131,7 +126,7 @@ def test_second_login_reuses_manager_and_runs_as_the_user(runit_daemon, test_use
                 fast = time.monotonic() - t0
                 assert runsvdirs(user.uid) == [manager]
                 assert fast < 0.5, fast
-                ids = status_ids(manager)
+                ids = status_of(manager)
                 assert ids["Uid"].split() == [str(user.uid)] * 4
                 assert ids["Gid"].split() == [str(user.gid)] * 4
                 assert set(map(int, ids["Groups"].split())) == {user.gid, gid_extra}
