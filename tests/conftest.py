@@ -56,20 +56,7 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
                for when in ("setup", "call"))
 
 
-# -- small helpers the tests use too
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.02,
-             what: str = "condition") -> object:
-    """Polls predicate until it returns something true; fails after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+# -- processes
 
 
 def kill_uid_processes(uid: int, timeout: float = 5.0) -> None:

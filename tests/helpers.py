@@ -1,5 +1,6 @@
 """What every test module may need, each in one place: where the checkout
-is, PAM's numbers, how to read a state file, and the one reader of /proc.
+is, PAM's numbers, one way to wait, how to read a state file, and the one
+reader of /proc.
 
 Nothing here depends on turnstiled's own code: a bug shared by the daemon
 and these helpers would otherwise go unseen.
@@ -8,7 +9,10 @@ and these helpers would otherwise go unseen.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS_DIR = REPO_ROOT / "tests"
@@ -33,6 +37,38 @@ PAM_XDISPLAY = 11
 # Conversation message styles.
 PAM_ERROR_MSG = 3
 PAM_TEXT_INFO = 4
+
+
+# -- waiting
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str = "condition",
+             detail: Callable[[], object] | None = None, interval: float = 0.02) -> T:
+    """Polls predicate until it returns something true, and returns that.
+
+    After timeout seconds it fails the test (AssertionError) saying what it
+    waited for, and the value of detail() then, if given. A caller cannot
+    forget to check the outcome: there is none to check.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            message = f"timed out after {timeout:g} s waiting for {what}"
+            if detail is not None:
+                message += f": {detail()!r}"
+            raise AssertionError(message)
+        time.sleep(interval)
+
+
+def wait_gone(uid: int, timeout: float) -> None:
+    """Waits until no process of uid is left; fails listing those left."""
+    wait_for(lambda: not procs_of(uid), timeout, what=f"every process of uid {uid} to end",
+             detail=lambda: procs_of(uid))
 
 
 # -- state files

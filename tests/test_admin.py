@@ -11,9 +11,8 @@ import subprocess
 import sys
 import time
 
-from helpers import fds_of
+from helpers import fds_of, wait_for, wait_gone
 from pamclient import PamLogin
-from procs import procs_of, wait_for
 from test_runit import Services, runsvdirs
 
 CTL = [sys.executable, "-m", "turnstiled.ctl"]
@@ -114,7 +113,7 @@ def test_users_change_only_their_own(daemon, test_users, pam_module):
         assert ctl(d, "enable-linger", b.name).returncode == 0
         assert os.path.exists(os.path.join(d.config["linger_dir"], b.name))
         assert ctl(d, "terminate-session", sid).returncode == 0
-        assert wait_for(lambda: not d.session_ids(), 5)
+        wait_for(lambda: not d.session_ids(), 5)
 
 
 def test_linger_keeps_the_manager_and_starts_it_with_the_daemon(daemon, test_user,
@@ -126,18 +125,18 @@ def test_linger_keeps_the_manager_and_starts_it_with_the_daemon(daemon, test_use
         pam.open()
         [manager] = runsvdirs(test_user.uid)
         pam.close()
-    assert wait_for(lambda: d.user_state(test_user.uid)["STATE"] == "lingering", 5)
+    wait_for(lambda: d.user_state(test_user.uid)["STATE"] == "lingering", 5)
     assert runsvdirs(test_user.uid) == [manager]
 
     assert d.stop() == 0
-    assert wait_for(lambda: not procs_of(test_user.uid), 15)
+    wait_gone(test_user.uid, 15)
     d2 = daemon(backend="runit")  # same sandbox, same linger_dir: "boot"
-    assert wait_for(lambda: runsvdirs(test_user.uid), 10)
-    assert wait_for(lambda: (d2.user_state(test_user.uid) or {}).get("STATE") == "lingering", 10)
+    wait_for(lambda: runsvdirs(test_user.uid), 10)
+    wait_for(lambda: (d2.user_state(test_user.uid) or {}).get("STATE") == "lingering", 10)
 
     assert ctl(d2, "disable-linger", test_user.name).returncode == 0
-    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
-    assert wait_for(lambda: d2.user_state(test_user.uid) is None, 5)
+    wait_gone(test_user.uid, 15)
+    wait_for(lambda: d2.user_state(test_user.uid) is None, 5)
 
 
 def test_terminate_user_ends_the_pam_side_and_the_manager(daemon, test_user, pam_module):
@@ -175,8 +174,8 @@ def test_terminate_user_ends_the_pam_side_and_the_manager(daemon, test_user, pam
         conn.settimeout(5)
         assert conn.recv(1) == b""  # EOF on the PAM side
         conn.close()
-        assert wait_for(lambda: not d.session_ids(), 5)
-        assert wait_for(lambda: not procs_of(test_user.uid), 15)
+        wait_for(lambda: not d.session_ids(), 5)
+        wait_gone(test_user.uid, 15)
         pam.close()
 
 
@@ -195,7 +194,7 @@ def test_stop_delay_reuses_then_stops_the_manager(daemon, test_user, pam_module)
         assert runsvdirs(test_user.uid) == [manager]
         pam.close()
     t0 = time.monotonic()
-    assert wait_for(lambda: not procs_of(test_user.uid), 10)
+    wait_gone(test_user.uid, 10)
     assert time.monotonic() - t0 > 1.5  # the delay held it
 
 
@@ -244,7 +243,7 @@ def test_linger_refused_without_a_managed_rundir(daemon, test_user, pam_module):
     with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
         pam.open()
         pam.close()
-    assert wait_for(lambda: not procs_of(test_user.uid), 15)
+    wait_gone(test_user.uid, 15)
 
 
 def test_linger_enabled_during_the_stop_delay_keeps_the_manager(daemon, test_user,

@@ -11,8 +11,8 @@ import random
 import socket
 import struct
 
+from helpers import wait_for
 from pamclient import PamLogin
-from procs import wait_for
 
 from turnstiled import protocol
 from turnstiled.protocol import Handshake, ProtocolError
@@ -126,11 +126,11 @@ def test_a_running_daemon_takes_the_fuzz_and_then_a_login(daemon, test_user, pam
         assert not [r for r in replies if r.get("status") == "error"]
     # Valid-looking fuzz may have logged the user in for a moment; all of it
     # is over now.
-    assert wait_for(lambda: d.session_ids() == [] and d.user_ids() == [], 10), \
-        (d.session_ids(), d.user_ids())
+    wait_for(lambda: d.session_ids() == [] and d.user_ids() == [], 10,
+             what="every session and user to end", detail=lambda: (d.session_ids(), d.user_ids()))
     with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
         pam.open()
         assert len(d.session_ids()) == 1
         pam.close()
-    assert wait_for(lambda: d.session_ids() == [] and d.user_ids() == [], 5)
+    wait_for(lambda: d.session_ids() == [] and d.user_ids() == [], 5)
     assert d.running() and "Traceback" not in d.log()

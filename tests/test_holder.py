@@ -21,8 +21,16 @@ from pathlib import Path
 
 import pytest
 from conftest import build_holder
-from helpers import cmdline_of, fds_of, open_files_limit, rss_kb, status_of
-from procs import procs_of, wait_for
+from helpers import (
+    cmdline_of,
+    fds_of,
+    open_files_limit,
+    procs_of,
+    rss_kb,
+    status_of,
+    wait_for,
+    wait_gone,
+)
 
 GONE_TIMEOUT = 15
 
@@ -188,7 +196,7 @@ def stop_and_wait(h: Holder, user) -> None:
     h.send("stop")
     h.until("gone", GONE_TIMEOUT)
     assert h.wait() == 0
-    assert wait_for(lambda: not procs_of(user.uid), 5), procs_of(user.uid)
+    wait_gone(user.uid, 5)
 
 
 @pytest.fixture
@@ -202,8 +210,8 @@ def test_run_ready_and_stop_as_the_user_in_one_clean_environment(setup, holders,
     verb, pid = h.event()
     assert verb == "pid", (verb, pid, h.log())
     pid = int(pid)
-    assert wait_for(lambda: (setup.out / "run.env").exists(), 5)
-    assert wait_for(lambda: cmdline_of(pid).startswith("sleep"), 5)
+    wait_for(lambda: (setup.out / "run.env").exists(), 5)
+    wait_for(lambda: cmdline_of(pid).startswith("sleep"), 5)
     st = status_of(pid)
     assert st["Uid"].split() == [str(u.uid)] * 4
     assert st["Gid"].split() == [str(u.gid)] * 4
@@ -255,7 +263,7 @@ def test_pam_session_lasts_the_managers_life_and_its_environment_wins(setup, hol
                   "exec sleep 1000")
     h = setup.start(holders, stop_timeout=700)
     assert h.event()[0] == "pid"
-    assert wait_for(lambda: (setup.out / "trapped").exists(), 5)
+    wait_for(lambda: (setup.out / "trapped").exists(), 5)
     env = env_of(setup.out / "run.env")
     assert env["XDG_RUNTIME_DIR"] == "/elsewhere" and env["FROM_PAM"] == "yes"
     assert marks.read_text().split() == ["open_session"]
@@ -274,7 +282,7 @@ def test_what_ignores_sigterm_is_killed_after_the_stop_timeout(setup, holders, t
     setup.manager(f"trap '' TERM\ntouch {setup.out}/trapped\nwhile :; do sleep 0.1; done")
     h = setup.start(holders, stop_timeout=600)
     assert h.event()[0] == "pid"
-    assert wait_for(lambda: (setup.out / "trapped").exists(), 5)
+    wait_for(lambda: (setup.out / "trapped").exists(), 5)
     t0 = time.monotonic()
     h.send("stop")
     assert h.until("exit", 10) == [("exit", str(128 + signal.SIGKILL))]
@@ -290,7 +298,7 @@ def test_a_daemonised_grandchild_is_gone_when_gone_arrives(setup, holders, test_
                   ">/dev/null 2>&1 &\nexec sleep 1000")
     h = setup.start(holders, stop_timeout=500)
     assert h.event()[0] == "pid"
-    assert wait_for(lambda: any("sleep 1001" in c for _, c in procs_of(test_user.uid)), 5)
+    wait_for(lambda: any("sleep 1001" in c for _, c in procs_of(test_user.uid)), 5)
     h.send("stop")
     h.until("gone")
     assert not procs_of(test_user.uid), procs_of(test_user.uid)
@@ -321,7 +329,7 @@ def test_up_lines_are_bounded_and_a_flood_does_not_grow_the_holder(setup, holder
     assert events[-1] == ("ready-exit", "0")
     # The background writer lost its reader with the report: it is gone,
     # and the holder stayed small.
-    assert wait_for(lambda: not [p for p, c in procs_of(test_user.uid) if "sleep" not in c], 5)
+    wait_for(lambda: not [p for p, c in procs_of(test_user.uid) if "sleep" not in c], 5)
     assert rss_kb(h.pid) < 8000
     h.send("ready", "again")  # once only
     stop_and_wait(h, test_user)
@@ -360,7 +368,7 @@ def test_end_of_channel_stops_the_manager(setup, holders, test_user):
     assert h.event()[0] == "pid"
     h.sock.shutdown(socket.SHUT_RDWR)
     assert h.wait() == 0
-    assert wait_for(lambda: not procs_of(test_user.uid), 5)
+    wait_gone(test_user.uid, 5)
     assert "turnstiled is gone" in h.log()
 
 

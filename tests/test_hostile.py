@@ -10,9 +10,8 @@ import subprocess
 import sys
 import time
 
-from helpers import PAM_RHOST, fds_of, mounts, open_files_limit, rss_kb
+from helpers import PAM_RHOST, fds_of, mounts, open_files_limit, rss_kb, wait_for, wait_gone
 from pamclient import PamFailure, PamLogin
-from procs import procs_of, wait_for
 from test_runit import Services
 
 
@@ -44,7 +43,8 @@ def test_a_runtime_dir_planted_by_another_user_is_not_adopted(daemon, test_users
         assert "not adopted, replaced" in d.log()
         pam.close()
     # What the attacker planted is gone too (removed off the loop).
-    assert wait_for(lambda: [n for n in os.listdir(shared)] == [], 5), os.listdir(shared)
+    wait_for(lambda: not os.listdir(shared), 5, what="the planted dir to go",
+             detail=lambda: os.listdir(shared))
 
 
 def test_an_injected_readiness_line_forges_nothing(daemon, test_users, pam_module):
@@ -68,8 +68,8 @@ def test_an_injected_readiness_line_forges_nothing(daemon, test_users, pam_modul
         except PamFailure:
             assert "the backend's ready exited with status 69" in d.log()
         pam.close()
-    assert wait_for(lambda: not procs_of(user.uid), 15), procs_of(user.uid)
-    assert wait_for(lambda: d.user_state(user.uid) is None, 5)
+    wait_gone(user.uid, 15)
+    wait_for(lambda: d.user_state(user.uid) is None, 5)
     log = d.log()
     assert "Traceback" not in log and "ready ignored" not in log
     assert "a malformed or unknown message" not in log
@@ -96,7 +96,7 @@ def test_a_flood_of_up_lines_does_not_grow_the_daemon(daemon, test_users, pam_mo
                                 capture_output=True, text=True, timeout=30).stdout
         assert len(status) < 64_000
         pam.close()
-    assert wait_for(lambda: not procs_of(user.uid), 15), procs_of(user.uid)
+    wait_gone(user.uid, 15)
     assert len(d.log()) < 1_000_000
 
 
@@ -251,7 +251,7 @@ def test_a_full_run_never_leaves_a_phantom_session(daemon, test_users, sandbox, 
             except PamFailure:
                 pass  # no room for the runtime dir: refused, and said why
             pam.close()
-        assert wait_for(lambda: not [e for e in (run / "state" / "sessions").iterdir()], 5)
+        wait_for(lambda: not [e for e in (run / "state" / "sessions").iterdir()], 5)
         assert not list((run / "state" / "users").iterdir())
         reply = _admin(d, b'{"cmd": "list-sessions"}\n')
         assert reply["ok"] and reply["data"] == [], reply
@@ -263,7 +263,7 @@ def test_a_full_run_never_leaves_a_phantom_session(daemon, test_users, sandbox, 
             pam.open()
             assert d.session_ids()
             pam.close()
-        assert wait_for(lambda: not d.session_ids() and d.user_ids() == [], 5)
+        wait_for(lambda: not d.session_ids() and d.user_ids() == [], 5)
         d.stop()
     finally:
         subprocess.run(["umount", "-l", str(run)], check=False)
@@ -341,7 +341,7 @@ def test_a_user_filling_their_runtime_dir_fills_only_their_own(daemon, test_user
                 assert d.session_state(d.session_ids()[-1]) is not None
                 pam2.close()
             pam.close()
-        assert wait_for(lambda: not os.path.exists(path), 5)
+        wait_for(lambda: not os.path.exists(path), 5)
         assert not [m for m in mounts() if path in m[4]]
         d.stop()
     finally:
@@ -370,5 +370,5 @@ def test_removing_100k_files_of_a_runtime_dir_stalls_no_one(daemon, test_users, 
     while time.monotonic() < t_end:  # logins while the removal runs
         times.append(_login_time(d, other))
     assert max(times) < 0.5, times
-    assert wait_for(lambda: not os.path.exists(path) and not [
+    wait_for(lambda: not os.path.exists(path) and not [
         n for n in os.listdir(os.path.dirname(path)) if ".removing." in n], 60)

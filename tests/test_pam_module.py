@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import build_module, wait_for
+from conftest import build_module
 from helpers import (
     PAM_RHOST,
     PAM_RUSER,
@@ -36,6 +36,7 @@ from helpers import (
     fd_flags,
     fds_of,
     read_kv,
+    wait_for,
 )
 from pamclient import PamFailure, PamLogin, pamtester, write_service
 
@@ -813,15 +814,15 @@ def test_sessions_in_parallel(fake_server, confdir, pam_module, test_users):
         uids = sorted(c.wait_handshake().uid for c in server.conns)
         assert uids == sorted(u.uid for u in test_users)
         logins[1].close()
-        assert wait_for(lambda: sum(c.eof.is_set() for c in server.conns) == 1, 3,
-                        what="one connection to close")
+        wait_for(lambda: sum(c.eof.is_set() for c in server.conns) == 1, 3,
+                 what="one connection to close")
         for i, conn in enumerate(server.conns):
             assert conn.eof.is_set() == (conn.facts.uid == test_users[1].uid), i
     finally:
         for login in logins:
             login.close()
-    assert wait_for(lambda: all(c.eof.is_set() for c in server.conns), 3,
-                    what="every connection to close")
+    wait_for(lambda: all(c.eof.is_set() for c in server.conns), 3,
+             what="every connection to close")
 
 
 # -- the real daemon

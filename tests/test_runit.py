@@ -13,9 +13,8 @@ import time
 
 import pytest
 from burst import OK, Burst, tally
-from helpers import PAM_SESSION_ERR, status_of
+from helpers import PAM_SESSION_ERR, procs_of, status_of, wait_for, wait_gone
 from pamclient import PamFailure, PamLogin
-from procs import procs_of, wait_for
 
 
 def runsvdirs(uid: int) -> list[int]:
@@ -156,9 +155,9 @@ def test_last_logout_stops_everything(runit_daemon, test_user, pam_module):
         assert len(procs_of(test_user.uid)) >= 5  # runsvdir, runsv x3, services
         pam.close()
     t0 = time.monotonic()
-    assert wait_for(lambda: not procs_of(test_user.uid), 10), procs_of(test_user.uid)
+    wait_gone(test_user.uid, 10)
     assert time.monotonic() - t0 < 10
-    assert wait_for(lambda: not os.path.exists(d.rundir(test_user.uid)), 5)
+    wait_for(lambda: not os.path.exists(d.rundir(test_user.uid)), 5)
     assert d.user_state(test_user.uid) is None
 
 
@@ -176,7 +175,7 @@ def test_core_service_that_never_comes_up_fails_the_login(runit_daemon, test_use
             pam.open()
         assert pam.code == PAM_SESSION_ERR
     assert time.monotonic() - t0 < 3.0
-    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
+    wait_gone(test_user.uid, 15)
     assert "not ready after login_timeout" in d.log()
     assert "up so far: a" in d.log()
 
@@ -202,7 +201,7 @@ def test_a_stale_run_status_does_not_count_as_up(runit_daemon, test_user, pam_mo
         assert "not ready after login_timeout" in d.log()
     finally:
         os.close(lock)
-    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
+    wait_gone(test_user.uid, 15)
 
 
 def test_killed_manager_is_restarted_then_given_up(runit_daemon, test_user, pam_module):
@@ -224,17 +223,17 @@ def test_killed_manager_is_restarted_then_given_up(runit_daemon, test_user, pam_
             [old] = wait_for(lambda: runsvdirs(test_user.uid), 10)
             os.kill(old, signal.SIGKILL)
             if round_ < 5:
-                assert wait_for(lambda o=old: restarted(o), 10)
+                wait_for(lambda o=old: restarted(o), 10)
             if round_ == 0:
                 # the next login after a restart succeeds
                 with PamLogin(service, test_user.name, d.service_dir) as again:
                     again.open()
                     again.close()
-        assert wait_for(lambda: d.user_state(test_user.uid)["STATE"] == "failed", 10)
+        wait_for(lambda: d.user_state(test_user.uid)["STATE"] == "failed", 10)
         assert "not restarting" in d.log()
-        assert wait_for(lambda: not runsvdirs(test_user.uid), 10)
+        wait_for(lambda: not runsvdirs(test_user.uid), 10)
         pam.close()
-    assert wait_for(lambda: not procs_of(test_user.uid), 10)
+    wait_gone(test_user.uid, 10)
 
 
 def test_login_during_stop_gets_a_fresh_manager(runit_daemon, test_user, pam_module):
@@ -249,14 +248,14 @@ def test_login_during_stop_gets_a_fresh_manager(runit_daemon, test_user, pam_mod
         pam.open()
         [old] = runsvdirs(test_user.uid)
         pam.close()
-    assert wait_for(lambda: d.user_state(test_user.uid)["STATE"] == "stopping", 5)
+    wait_for(lambda: d.user_state(test_user.uid)["STATE"] == "stopping", 5)
     with PamLogin(service, test_user.name, d.service_dir) as pam:
         pam.open()
         [new] = runsvdirs(test_user.uid)
         assert new != old
         assert sv.sv_status("slow").startswith("run:")
         pam.close()
-    assert wait_for(lambda: not procs_of(test_user.uid), 15)
+    wait_gone(test_user.uid, 15)
 
 
 def test_update_runit_env_reaches_services(runit_daemon, test_user, pam_module, venv_bin):
@@ -280,7 +279,7 @@ def test_update_runit_env_reaches_services(runit_daemon, test_user, pam_module, 
         subprocess.run(["sv", "up", os.path.join(sv.dir, "uses-env")], check=True,
                        timeout=10, capture_output=True)
         out_file = os.path.join(sv.dir, "foo.out")
-        assert wait_for(lambda: os.path.exists(out_file) and open(out_file).read(), 10)
+        wait_for(lambda: os.path.exists(out_file) and open(out_file).read(), 10)
         assert open(out_file).read().strip() == "FOO=bar baz"
         pam.close()
 
@@ -323,8 +322,8 @@ def test_200_concurrent_cold_logins(runit_daemon, test_users, pam_module):
     finally:
         burst.release()
     for user in users:
-        assert wait_for(lambda u=user: not procs_of(u.uid), 15), procs_of(user.uid)
-        assert wait_for(lambda u=user: d.user_state(u.uid) is None, 5)
+        wait_gone(user.uid, 15)
+        wait_for(lambda u=user: d.user_state(u.uid) is None, 5)
 
 
 def test_first_ever_login_is_not_held_by_runsvdirs_rescan(runit_daemon, test_user,

@@ -14,8 +14,8 @@ import shutil
 import stat
 
 import pytest
+from helpers import wait_for, wait_gone
 from pamclient import PamLogin
-from procs import procs_of, wait_for
 from test_admin import ctl
 from test_runit import Services
 
@@ -61,8 +61,8 @@ def test_services_get_the_foreign_rundir_and_a_session_bus(daemon, test_user, pa
         assert f"Runtime dir: {path} (not managed by turnstiled)" in status
         assert "missing" not in status
         pam.close()
-    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
-    assert wait_for(lambda: d.user_state(test_user.uid) is None, 5)
+    wait_gone(test_user.uid, 15)
+    wait_for(lambda: d.user_state(test_user.uid) is None, 5)
     # elogind's directory: still there, still the user's, untouched.
     st = os.lstat(path)
     assert stat.S_ISDIR(st.st_mode) and st.st_uid == test_user.uid
@@ -86,4 +86,4 @@ def test_missing_foreign_rundir_is_reported_and_the_login_goes_on(daemon, test_u
         assert "missing when the manager started" in status, status
         assert f"runtime dir {path} of {test_user.name} is missing" in d.log()
         pam.close()
-    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
+    wait_gone(test_user.uid, 15)
