@@ -291,6 +291,13 @@ def write_service(directory: str | os.PathLike, name: str, module_path: str | os
     return path
 
 
+def environ_without_pam_wrapper() -> dict[str, str]:
+    """os.environ without pam_wrapper's variables: what every subprocess but
+    pamtester's gets (the daemon's above all)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("PAM_WRAPPER") and k != "LD_PRELOAD"}
+
+
 def pamtester(service: str, user: str, service_dir: str | os.PathLike, *ops: str,
               env: dict[str, str] | None = None, items: dict[str, str] | None = None,
               extra_environ: dict[str, str] | None = None,
@@ -311,8 +318,7 @@ def pamtester(service: str, user: str, service_dir: str | os.PathLike, *ops: str
     for k, v in (items or {}).items():
         cmd += ["-I", f"{k}={v}"]
     cmd += [service, user, *ops]
-    proc_env = {k: v for k, v in os.environ.items()
-                if not k.startswith("PAM_WRAPPER") and k != "LD_PRELOAD"}
+    proc_env = environ_without_pam_wrapper()
     proc_env.update(extra_environ or {})
     proc_env.update(LD_PRELOAD=PAM_WRAPPER_LIB, PAM_WRAPPER="1",
                     PAM_WRAPPER_SERVICE_DIR=str(service_dir))

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import build_holder
+from build import build_holder
 from helpers import (
     cmdline_of,
     fds_of,

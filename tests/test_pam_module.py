@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import build_module
+from build import build_module
 from helpers import (
     PAM_RHOST,
     PAM_RUSER,
