@@ -18,8 +18,13 @@ import pytest
 from build import build_holder, build_module
 from helpers import REPO_ROOT, listening, read_kv
 from pamclient import environ_without_pam_wrapper, write_service
+from users import setpriv
 
 START_TIMEOUT = 10.0
+# turnstilectl: as root from the checkout, as a user the installed script
+# (the checkout may sit where users cannot read it).
+CTL = [sys.executable, "-m", "turnstiled.ctl"]
+USER_CTL = os.path.join(os.path.dirname(sys.executable), "turnstilectl")
 
 
 class Daemon:
@@ -96,6 +101,14 @@ class Daemon:
 
     def user_ids(self) -> list[str]:
         return self._state_files("users")
+
+    def ctl(self, *args: str, user=None) -> subprocess.CompletedProcess:
+        """turnstilectl against this daemon, as root or (user=) as that user."""
+        if user is None:
+            argv = [*CTL, "--admin-socket", self.admin_socket_path, *args]
+        else:
+            argv = setpriv(user, USER_CTL, "--admin-socket", self.admin_socket_path, *args)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 
     def running(self) -> bool:
         return self.proc.poll() is None

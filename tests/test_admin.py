@@ -8,25 +8,12 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 
+from daemon import CTL
 from helpers import fds_of, wait_for, wait_gone
 from pamclient import PamLogin
-from test_runit import Services, runsvdirs
-
-CTL = [sys.executable, "-m", "turnstiled.ctl"]
-VENV_CTL = os.path.join(os.path.dirname(sys.executable), "turnstilectl")
-
-
-def ctl(d, *args: str, user=None) -> subprocess.CompletedProcess:
-    """turnstilectl against d, as root or (user=) as that test user."""
-    if user is None:
-        argv = CTL + ["--admin-socket", d.admin_socket_path, *args]
-    else:
-        argv = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups",
-                VENV_CTL, "--admin-socket", d.admin_socket_path, *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+from runit import Services, runsvdirs
 
 
 def with_core_service(user) -> Services:
@@ -46,47 +33,47 @@ def test_every_command_in_both_forms(daemon, test_user, pam_module):
         [manager] = runsvdirs(test_user.uid)
         [sid] = d.session_ids()
 
-        out = ctl(d, "status")
+        out = d.ctl("status")
         assert out.returncode == 0
         assert "Backend: runit" in out.stdout and "Sessions: 1" in out.stdout
-        status = json.loads(ctl(d, "--json", "status").stdout)
+        status = json.loads(d.ctl("--json", "status").stdout)
         assert status["users"] == 1 and status["backend"] == "runit"
 
-        out = ctl(d, "list-users")
+        out = d.ctl("list-users")
         assert out.stdout.splitlines()[0].split() == [
             "UID", "USER", "STATE", "SESSIONS", "MANAGER", "PID", "BACKEND", "LINGER"]
         row = out.stdout.splitlines()[1].split()
         assert row == [str(test_user.uid), test_user.name, "ready", "1", str(manager),
                        "runit", "no"]
-        bare = ctl(d, "list-users", "--no-legend").stdout.strip().splitlines()
+        bare = d.ctl("list-users", "--no-legend").stdout.strip().splitlines()
         assert len(bare) == 1 and bare[0].split()[1] == test_user.name
-        [user] = json.loads(ctl(d, "--json", "list-users").stdout)
+        [user] = json.loads(d.ctl("--json", "list-users").stdout)
         assert user["manager_pid"] == manager and user["sessions"] == [sid]
 
-        out = ctl(d, "list-sessions")
+        out = d.ctl("list-sessions")
         assert out.stdout.splitlines()[1].split()[:3] == [sid, str(test_user.uid), test_user.name]
-        [session] = json.loads(ctl(d, "list-sessions", "--json").stdout)
+        [session] = json.loads(d.ctl("list-sessions", "--json").stdout)
         assert session["service"] == "login" and session["leader"] == os.getpid()
 
         props = dict(line.split("=", 1) for line in
-                     ctl(d, "show-user", test_user.name).stdout.splitlines())
+                     d.ctl("show-user", test_user.name).stdout.splitlines())
         assert props["STATE"] == "ready" and props["MANAGER_PID"] == str(manager)
-        props = dict(line.split("=", 1) for line in ctl(d, "show-session", sid).stdout.splitlines())
+        props = dict(line.split("=", 1) for line in d.ctl("show-session", sid).stdout.splitlines())
         assert props["USER"] == test_user.name and props["SERVICE"] == "login"
-        assert json.loads(ctl(d, "--json", "show-user", str(test_user.uid)).stdout)["uid"] == \
+        assert json.loads(d.ctl("--json", "show-user", str(test_user.uid)).stdout)["uid"] == \
             test_user.uid
 
-        out = ctl(d, "user-status", test_user.name)
+        out = d.ctl("user-status", test_user.name)
         assert f"Manager: runit, pid {manager}" in out.stdout
         assert "core services: a (" in out.stdout
-        data = json.loads(ctl(d, "--json", "user-status", test_user.name).stdout)
+        data = json.loads(d.ctl("--json", "user-status", test_user.name).stdout)
         assert [s["name"] for s in data["last_ready"]["services"]] == ["a"]
         assert data["last_ready"]["waited_ms"] > 0
 
-        missing = ctl(d, "show-session", "999")
+        missing = d.ctl("show-session", "999")
         assert missing.returncode == 1 and "no such session" in missing.stderr
-        assert ctl(d, "show-user", "root").returncode == 1
-        assert ctl(d, "no-such-command").returncode == 2
+        assert d.ctl("show-user", "root").returncode == 1
+        assert d.ctl("no-such-command").returncode == 2
         pam.close()
     down = subprocess.run(CTL + ["--admin-socket", "/nonexistent/admin.sock", "status"],
                           capture_output=True, text=True, timeout=30)
@@ -101,18 +88,18 @@ def test_users_change_only_their_own(daemon, test_users, pam_module):
     with PamLogin(d.login_service(), b.name, d.service_dir) as pam:
         pam.open()
         [sid] = d.session_ids()
-        out = ctl(d, "enable-linger", b.name, user=a)
+        out = d.ctl("enable-linger", b.name, user=a)
         assert out.returncode == 1 and "only root" in out.stderr
         assert not os.path.exists(os.path.join(d.config["linger_dir"], b.name))
-        out = ctl(d, "terminate-session", sid, user=a)
+        out = d.ctl("terminate-session", sid, user=a)
         assert out.returncode == 1 and d.session_ids() == [sid]
-        assert ctl(d, "terminate-user", b.name, user=a).returncode == 1
-        assert ctl(d, "list-sessions", user=a).returncode == 0  # reading is open
-        assert ctl(d, "enable-linger", user=a).returncode == 0
+        assert d.ctl("terminate-user", b.name, user=a).returncode == 1
+        assert d.ctl("list-sessions", user=a).returncode == 0  # reading is open
+        assert d.ctl("enable-linger", user=a).returncode == 0
         assert os.path.exists(os.path.join(d.config["linger_dir"], a.name))
-        assert ctl(d, "enable-linger", b.name).returncode == 0
+        assert d.ctl("enable-linger", b.name).returncode == 0
         assert os.path.exists(os.path.join(d.config["linger_dir"], b.name))
-        assert ctl(d, "terminate-session", sid).returncode == 0
+        assert d.ctl("terminate-session", sid).returncode == 0
         wait_for(lambda: not d.session_ids(), 5)
 
 
@@ -120,7 +107,7 @@ def test_linger_keeps_the_manager_and_starts_it_with_the_daemon(daemon, test_use
                                                               pam_module):
     with_core_service(test_user)
     d = daemon(backend="runit")
-    assert ctl(d, "enable-linger", test_user.name).returncode == 0
+    assert d.ctl("enable-linger", test_user.name).returncode == 0
     with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
         pam.open()
         [manager] = runsvdirs(test_user.uid)
@@ -134,7 +121,7 @@ def test_linger_keeps_the_manager_and_starts_it_with_the_daemon(daemon, test_use
     wait_for(lambda: runsvdirs(test_user.uid), 10)
     wait_for(lambda: (d2.user_state(test_user.uid) or {}).get("STATE") == "lingering", 10)
 
-    assert ctl(d2, "disable-linger", test_user.name).returncode == 0
+    assert d2.ctl("disable-linger", test_user.name).returncode == 0
     wait_gone(test_user.uid, 15)
     wait_for(lambda: d2.user_state(test_user.uid) is None, 5)
 
@@ -169,7 +156,7 @@ def test_terminate_user_ends_the_pam_side_and_the_manager(daemon, test_user, pam
         except BlockingIOError:
             pass  # open and quiet, as a session should be
 
-        out = ctl(d, "terminate-user", test_user.name)
+        out = d.ctl("terminate-user", test_user.name)
         assert out.returncode == 0
         conn.settimeout(5)
         assert conn.recv(1) == b""  # EOF on the PAM side
@@ -237,9 +224,9 @@ def test_garbage_on_the_admin_socket_gets_errors_while_others_are_served(daemon)
 def test_linger_refused_without_a_managed_rundir(daemon, test_user, pam_module):
     with_core_service(test_user)
     d = daemon(backend="runit", manage_rundir="no")
-    out = ctl(d, "enable-linger", test_user.name)
+    out = d.ctl("enable-linger", test_user.name)
     assert out.returncode == 0 and "manage_rundir" in out.stdout
-    assert "manage_rundir" in ctl(d, "status").stdout
+    assert "manage_rundir" in d.ctl("status").stdout
     with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
         pam.open()
         pam.close()
@@ -254,7 +241,7 @@ def test_linger_enabled_during_the_stop_delay_keeps_the_manager(daemon, test_use
         pam.open()
         [manager] = runsvdirs(test_user.uid)
         pam.close()
-    assert ctl(d, "enable-linger", test_user.name).returncode == 0
+    assert d.ctl("enable-linger", test_user.name).returncode == 0
     time.sleep(3)  # past the delay
     assert runsvdirs(test_user.uid) == [manager]
     assert d.user_state(test_user.uid)["STATE"] == "lingering"

@@ -10,7 +10,7 @@ import os
 import pytest
 from burst import OK, Burst, CpuHog, tally
 from helpers import procs_of, wait_for, wait_gone
-from test_runit import Services, runsvdirs
+from runit import Services, runsvdirs
 
 # Bounded so a lost readiness answer fails the test in seconds, not minutes;
 # a healthy login here takes well under a second even on a loaded machine.

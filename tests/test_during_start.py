@@ -13,8 +13,7 @@ import time
 import pytest
 from helpers import wait_for, wait_gone
 from pamclient import PamFailure, PamLogin
-from test_admin import ctl
-from test_runit import Services, runsvdirs
+from runit import Services, runsvdirs
 
 # The core service comes up this long after it starts: the window in which
 # the events below arrive.
@@ -58,7 +57,7 @@ def test_terminate_user_while_the_login_waits(daemon, test_user, pam_module):
     t.start()
     wait_for(lambda: starting(d, test_user.uid), 10)
     t0 = time.monotonic()
-    assert ctl(d, "terminate-user", test_user.name).returncode == 0
+    assert d.ctl("terminate-user", test_user.name).returncode == 0
     t.join(20)
     assert not t.is_alive()
     assert "ok" not in outcome, "the login went on after terminate-user"
@@ -70,9 +69,9 @@ def test_terminate_user_while_the_login_waits(daemon, test_user, pam_module):
 def test_disable_linger_while_the_lingering_manager_starts(daemon, test_user, pam_module):
     slow_core(test_user)
     d = daemon(backend="runit", login_timeout=30)
-    assert ctl(d, "enable-linger", test_user.name).returncode == 0
+    assert d.ctl("enable-linger", test_user.name).returncode == 0
     wait_for(lambda: starting(d, test_user.uid), 10)
-    assert ctl(d, "disable-linger", test_user.name).returncode == 0
+    assert d.ctl("disable-linger", test_user.name).returncode == 0
     assert_nothing_left(d, test_user)
 
 

@@ -9,8 +9,7 @@ import signal
 
 from helpers import children_of, procs_of, wait_for, wait_gone
 from pamclient import PamLogin
-from test_admin import ctl
-from test_runit import Services, runsvdirs
+from runit import Services, runsvdirs
 
 
 def holders(daemon_pid: int) -> list[int]:
@@ -74,4 +73,4 @@ def test_killed_holder_during_the_stop_delay_ends_the_login(daemon, test_user, p
         pam.open()
         assert len(runsvdirs(test_user.uid)) == 1
         pam.close()
-    assert ctl(d, "status").returncode == 0
+    assert d.ctl("status").returncode == 0

@@ -12,12 +12,12 @@ import time
 
 from helpers import PAM_RHOST, fds_of, mounts, open_files_limit, rss_kb, wait_for, wait_gone
 from pamclient import PamFailure, PamLogin
-from test_runit import Services
+from runit import Services
+from users import setpriv
 
 
 def as_user(user, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}",
-                           "--init-groups", *argv], capture_output=True, text=True,
+    return subprocess.run(setpriv(user, *argv), capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -91,9 +91,7 @@ def test_a_flood_of_up_lines_does_not_grow_the_daemon(daemon, test_users, pam_mo
     with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
         pam.open()
         assert rss_kb(d.pid) < 100_000
-        status = subprocess.run([sys.executable, "-m", "turnstiled.ctl", "--admin-socket",
-                                 d.admin_socket_path, "--json", "user-status", user.name],
-                                capture_output=True, text=True, timeout=30).stdout
+        status = d.ctl("--json", "user-status", user.name).stdout
         assert len(status) < 64_000
         pam.close()
     wait_gone(user.uid, 15)
@@ -140,9 +138,8 @@ def test_a_user_holding_connections_cannot_starve_logins(daemon, test_users, pam
     holders = []
     try:
         for path in (d.admin_socket_path, d.socket_path):
-            p = subprocess.Popen(["setpriv", f"--reuid={attacker.uid}",
-                                  f"--regid={attacker.gid}", "--init-groups",
-                                  "/usr/bin/python3", "-c", _HOLD_CONNECTIONS, path, "1500"],
+            p = subprocess.Popen(setpriv(attacker, "/usr/bin/python3", "-c", _HOLD_CONNECTIONS,
+                                         path, "1500"),
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             holders.append(p)
         admin_open = int(holders[0].stdout.readline())
@@ -165,17 +162,16 @@ def test_a_user_holding_connections_cannot_starve_logins(daemon, test_users, pam
 def test_a_client_that_never_reads_is_dropped(daemon, test_users, pam_module):
     victim, attacker = test_users[0], test_users[1]
     d = daemon()
-    flood = subprocess.Popen(
-        ["setpriv", f"--reuid={attacker.uid}", f"--regid={attacker.gid}", "--init-groups",
-         "/usr/bin/python3", "-c",
-         "import socket, sys, time\n"
-         "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(30)\n"
-         "req = b'{\"cmd\": \"list-sessions\"}\\n' * 1000\n"
-         "t0 = time.monotonic()\n"
-         "try:\n"
-         "    while time.monotonic() - t0 < 25: s.sendall(req)\n"
-         "except OSError: print('dropped after %.1f s' % (time.monotonic() - t0))\n",
-         d.admin_socket_path], stdout=subprocess.PIPE, text=True)
+    flood = subprocess.Popen(setpriv(
+        attacker, "/usr/bin/python3", "-c",
+        "import socket, sys, time\n"
+        "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(30)\n"
+        "req = b'{\"cmd\": \"list-sessions\"}\\n' * 1000\n"
+        "t0 = time.monotonic()\n"
+        "try:\n"
+        "    while time.monotonic() - t0 < 25: s.sendall(req)\n"
+        "except OSError: print('dropped after %.1f s' % (time.monotonic() - t0))\n",
+        d.admin_socket_path), stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(1)
         assert _login_time(d, victim) < 1.0
@@ -199,7 +195,7 @@ def _admin(d, line: bytes, user=None) -> dict:
             "sys.stdout.buffer.write(out)\n")
     argv = ["/usr/bin/python3", "-c", code, d.admin_socket_path]
     if user is not None:
-        argv = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", *argv]
+        argv = setpriv(user, *argv)
     out = subprocess.run(argv, input=line, capture_output=True, timeout=30)
     return json.loads(out.stdout)
 
@@ -280,9 +276,7 @@ def test_control_characters_from_a_login_stay_on_their_line(daemon, test_user, p
         state = d.session_state(sid)
         assert state["UID"] == str(test_user.uid)
         assert state["REMOTE_HOST"] == "host\\x0aUID=0\\x0d\\u2028\\x1b[31m"
-        out = subprocess.run([sys.executable, "-m", "turnstiled.ctl", "--admin-socket",
-                              d.admin_socket_path, "show-session", sid],
-                             capture_output=True, text=True, timeout=30).stdout
+        out = d.ctl("show-session", sid).stdout
         assert "\x1b" not in out and "\r" not in out and "\u2028" not in out
         pam.close()
     assert "\x1b" not in d.log()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,47 +14,8 @@ import pytest
 from burst import OK, Burst, tally
 from helpers import PAM_SESSION_ERR, procs_of, status_of, wait_for, wait_gone
 from pamclient import PamFailure, PamLogin
-
-
-def runsvdirs(uid: int) -> list[int]:
-    return [pid for pid, cmd in procs_of(uid) if cmd.startswith("runsvdir ")]
-
-
-class Services:
-    """A test user's ~/.config/service, written as that user would."""
-
-    def __init__(self, user) -> None:
-        self.user = user
-        self.dir = os.path.join(user.home, ".config", "service")
-        shutil.rmtree(os.path.join(user.home, ".config"), ignore_errors=True)
-        os.makedirs(self.dir)
-
-    def add(self, name: str, run: str, check: str | None = None, down: bool = False) -> str:
-        d = os.path.join(self.dir, name)
-        os.makedirs(d, exist_ok=True)
-        for fname, body in (("run", run), ("check", check)):
-            if body is not None:
-                path = os.path.join(d, fname)
-                with open(path, "w") as f:
-                    f.write("#!/bin/sh\n" + body + "\n")
-                os.chmod(path, 0o755)
-        if down:
-            open(os.path.join(d, "down"), "w").close()
-        return d
-
-    def core(self, *names: str) -> None:
-        d = os.path.join(self.dir, "turnstile-ready")
-        os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, "conf"), "w") as f:
-            f.write(f'core_services="{" ".join(names)}"\n')
-
-    def own(self) -> None:
-        subprocess.run(["chown", "-R", f"{self.user.uid}:{self.user.gid}",
-                        os.path.join(self.user.home, ".config")], check=True)
-
-    def sv_status(self, name: str) -> str:
-        return subprocess.run(["sv", "status", os.path.join(self.dir, name)],
-                              capture_output=True, text=True, timeout=10).stdout
+from runit import Services, runsvdirs
+from users import setpriv
 
 
 @pytest.fixture
@@ -269,10 +229,10 @@ def test_update_runit_env_reaches_services(runit_daemon, test_user, pam_module, 
     with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
         pam.open()
         out = subprocess.run(
-            ["setpriv", f"--reuid={test_user.uid}", f"--regid={test_user.gid}",
-             "--init-groups", "env", f"HOME={test_user.home}",
-             os.path.join(venv_bin, "turnstile-update-runit-env"), "-c", d.config_path,
-             "FOO=bar baz"], capture_output=True, text=True, timeout=30)
+            setpriv(test_user, "env", f"HOME={test_user.home}",
+                    os.path.join(venv_bin, "turnstile-update-runit-env"), "-c",
+                    str(d.config_path), "FOO=bar baz"),
+            capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
         env_file = os.path.join(test_user.home, ".config", "service-env", "FOO")
         assert os.stat(env_file).st_uid == test_user.uid

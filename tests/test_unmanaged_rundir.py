@@ -16,8 +16,7 @@ import stat
 import pytest
 from helpers import wait_for, wait_gone
 from pamclient import PamLogin
-from test_admin import ctl
-from test_runit import Services
+from runit import Services
 
 
 def elogind_rundir(d, user) -> str:
@@ -57,7 +56,7 @@ def test_services_get_the_foreign_rundir_and_a_session_bus(daemon, test_user, pa
         assert env["DBUS_SESSION_BUS_ADDRESS"] == f"unix:path={path}/bus"
         # The login's own XDG_RUNTIME_DIR is elogind's to set, not ours.
         assert "XDG_RUNTIME_DIR" not in env
-        status = ctl(d, "user-status", test_user.name).stdout
+        status = d.ctl("user-status", test_user.name).stdout
         assert f"Runtime dir: {path} (not managed by turnstiled)" in status
         assert "missing" not in status
         pam.close()
@@ -82,7 +81,7 @@ def test_missing_foreign_rundir_is_reported_and_the_login_goes_on(daemon, test_u
         assert "XDG_RUNTIME_DIR" not in env
         assert read_env(sv)["XDG_RUNTIME_DIR"] == path
         assert not os.path.exists(path), "turnstiled made a runtime dir it does not manage"
-        status = ctl(d, "user-status", test_user.name).stdout
+        status = d.ctl("user-status", test_user.name).stdout
         assert "missing when the manager started" in status, status
         assert f"runtime dir {path} of {test_user.name} is missing" in d.log()
         pam.close()

@@ -50,6 +50,11 @@ def kill_created_users_processes() -> None:
         kill_uid_processes(uid)
 
 
+def setpriv(user, *argv: str) -> list[str]:
+    """argv, to run as user: uid, gid and supplementary groups the user's."""
+    return ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", *argv]
+
+
 @dataclass(frozen=True)
 class ScratchUser:
     name: str
