@@ -17,11 +17,14 @@ from pathlib import Path
 import pytest
 from build import build_module
 from daemon import Daemon, start_daemon
+from fakeserver import FakeServer
 from helpers import REPO_ROOT
 from users import ScratchUser, kill_created_users_processes, scratch_users
 
 N_TEST_USERS = 4
 N_MANY_USERS = 40
+XDG_VARS = ("XDG_SESSION_TYPE", "XDG_SESSION_CLASS", "XDG_SESSION_DESKTOP", "XDG_SEAT",
+            "XDG_VTNR")
 
 
 # -- reports
@@ -55,6 +58,14 @@ def pam_module() -> Path:
     return build_module()
 
 
+@pytest.fixture
+def no_session_vars(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The module reads XDG_SESSION_* from the process environment too; the
+    test runner's own session must not leak into the facts."""
+    for name in XDG_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
 # -- sandbox
 
 
@@ -68,6 +79,29 @@ def sandbox() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def confdir(sandbox: Path) -> Path:
+    """SANDBOX/pam.d, for service files of the test's own."""
+    d = sandbox / "pam.d"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+@pytest.fixture
+def fake_server(sandbox: Path) -> Iterator[Callable[..., FakeServer]]:
+    """fake_server(**kw) -> FakeServer on SANDBOX/fakeN.sock; stopped at test end."""
+    servers: list[FakeServer] = []
+
+    def make(**kw) -> FakeServer:
+        server = FakeServer(str(sandbox / f"fake{len(servers)}.sock"), **kw)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()
 
 
 # -- users

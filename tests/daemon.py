@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from build import build_holder, build_module
-from helpers import REPO_ROOT, listening, read_kv
+from helpers import REPO_ROOT, listening, read_kv, wait_for
 from pamclient import environ_without_pam_wrapper, write_service
 from users import setpriv
 
@@ -101,6 +101,24 @@ class Daemon:
 
     def user_ids(self) -> list[str]:
         return self._state_files("users")
+
+    def sessions_of(self, uid: int) -> list[str]:
+        return [sid for sid in self.session_ids()
+                if (self.session_state(sid) or {}).get("UID") == str(uid)]
+
+    def left_of(self, uid: int) -> list[str]:
+        """What is left of uid's login: its user file, session files, runtime dir."""
+        left = [f"session {sid}" for sid in self.sessions_of(uid)]
+        if self.user_state(uid) is not None:
+            left.append("user file")
+        if os.path.lexists(self.rundir(uid)):
+            left.append(f"runtime dir {self.rundir(uid)}")
+        return left
+
+    def wait_logged_out(self, uid: int, timeout: float = 5) -> None:
+        """Waits until nothing is left of uid's login; fails saying what is."""
+        wait_for(lambda: not self.left_of(uid), timeout, what=f"the login of uid {uid} to end",
+                 detail=lambda: self.left_of(uid))
 
     def ctl(self, *args: str, user=None) -> subprocess.CompletedProcess:
         """turnstilectl against this daemon, as root or (user=) as that user."""

@@ -42,6 +42,9 @@ PAM_TEXT_INFO = 4
 # -- waiting
 
 T = TypeVar("T")
+# Bound on one pam_open_session in the tests' own process: a hung module
+# fails the test instead of hanging the run.
+OPEN_TIMEOUT = 10
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, what: str = "condition",

@@ -16,10 +16,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from helpers import pids_of
 
+T = TypeVar("T", str, int)
 USER_PREFIX = "tsdt"
 # uids of the users scratch_users made in this run: the only accounts whose
 # processes may be killed.
@@ -48,6 +50,16 @@ def kill_created_users_processes() -> None:
     removed."""
     for uid in list(_created_uids):
         kill_uid_processes(uid)
+
+
+def no_such_account(key: T) -> T:
+    """key, a user name or a uid, which must name no account here (else the
+    test is skipped)."""
+    try:
+        pwd.getpwuid(key) if isinstance(key, int) else pwd.getpwnam(key)
+    except KeyError:
+        return key
+    pytest.skip(f"{key!r} is an account here")
 
 
 def setpriv(user, *argv: str) -> list[str]:
