@@ -26,28 +26,48 @@ def _stat_rundir(path: str):
     return stat.S_ISDIR(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
 
 
-def test_real_daemon_login(daemon, test_user):
+@pytest.fixture
+def tty3_login(daemon, test_user):
+    """test_user logged in on tty3 through the real daemon, from this
+    process: (daemon, PamLogin, the session's PAM environment)."""
     d = daemon()
-    service = d.login_service()
-    rundir = d.rundir(test_user.uid)
-    with PamLogin(service, test_user.name, d.service_dir) as login:
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as login:
         env = login.open(items={PAM_TTY: "tty3"}, timeout=OPEN_TIMEOUT, unblock=d.stop)
-        assert env.get("XDG_RUNTIME_DIR") == rundir
-        assert _stat_rundir(rundir) == (True, 0o700, test_user.uid, test_user.gid)
-        user = d.user_state(test_user.uid)
-        assert user is not None, d.log_tail()
-        assert user["NAME"] == test_user.name
-        assert user["STATE"] == "ready"
-        assert user["RUNTIME"] == rundir
-        sids = d.session_ids()
-        assert len(sids) == 1
-        assert user["SESSIONS"].split() == sids
-        sess = d.session_state(sids[0])
-        assert sess["UID"] == str(test_user.uid)
-        assert sess["SERVICE"] == service
-        assert (sess["TTY"], sess["VTNR"], sess["SEAT"], sess["TYPE"]) == \
-            ("tty3", "3", "seat0", "tty")
-        assert sess["LEADER"] == str(os.getpid())
+        yield d, login, env
+
+
+def test_login_gets_a_private_runtime_dir(tty3_login, test_user):
+    d, _, env = tty3_login
+    rundir = d.rundir(test_user.uid)
+    assert env.get("XDG_RUNTIME_DIR") == rundir
+    assert _stat_rundir(rundir) == (True, 0o700, test_user.uid, test_user.gid)
+
+
+def test_login_publishes_its_user(tty3_login, test_user):
+    d, _, _ = tty3_login
+    user = d.user_state(test_user.uid)
+    assert user is not None, d.log_tail()
+    assert user["NAME"] == test_user.name
+    assert user["STATE"] == "ready"
+    assert user["RUNTIME"] == d.rundir(test_user.uid)
+    assert user["SESSIONS"].split() == d.session_ids()
+
+
+def test_login_publishes_its_session(tty3_login, test_user):
+    d, login, _ = tty3_login
+    sids = d.session_ids()
+    assert len(sids) == 1
+    sess = d.session_state(sids[0])
+    assert sess["UID"] == str(test_user.uid)
+    assert sess["SERVICE"] == login.service
+    assert (sess["TTY"], sess["VTNR"], sess["SEAT"], sess["TYPE"]) == \
+        ("tty3", "3", "seat0", "tty")
+    assert sess["LEADER"] == str(os.getpid())
+
+
+def test_logout_leaves_nothing_and_nothing_to_complain_of(tty3_login, test_user):
+    d, login, _ = tty3_login
+    login.close()
     d.wait_logged_out(test_user.uid)
     assert d.running()
     assert "WARNING" not in d.log() and "ERROR" not in d.log(), d.log_tail()

@@ -51,23 +51,41 @@ def test_no_daemon_fails_fast_in_process(kind, sandbox, confdir, pam_module, tes
     assert elapsed < 2, f"failing took {elapsed:.2f} s"
 
 
-@pytest.mark.parametrize("debuglevel", [None, "2"])
-def test_no_daemon_fails_fast_pamtester(debuglevel, sandbox, confdir, pam_module, test_user):
-    """Out of process; the module's reason reaches stderr through pam_wrapper's
-    syslog (LOG_ERR is shown at any PAM_WRAPPER_DEBUGLEVEL)."""
+def _pamtester_without_daemon(debuglevel, sandbox, confdir, pam_module, user):
+    """pamtester opening a session with no daemon at SANDBOX/nothing.sock, at
+    PAM_WRAPPER_DEBUGLEVEL debuglevel: (its result, seconds it took, path)."""
     path = str(sandbox / "nothing.sock")
     service = module_service(confdir, pam_module, path)
     extra = {"PAM_WRAPPER_DEBUGLEVEL": debuglevel} if debuglevel else None
     start = time.monotonic()
-    res = pamtester(service, test_user.name, confdir, "open_session", extra_environ=extra,
+    res = pamtester(service, user.name, confdir, "open_session", extra_environ=extra,
                     timeout=10)
-    elapsed = time.monotonic() - start
+    return res, time.monotonic() - start, path
+
+
+DEBUGLEVELS = pytest.mark.parametrize("debuglevel", [None, "2"])
+
+
+@DEBUGLEVELS
+def test_no_daemon_fails_a_login_program_fast(debuglevel, sandbox, confdir, pam_module,
+                                              test_user):
+    res, elapsed, _ = _pamtester_without_daemon(debuglevel, sandbox, confdir, pam_module,
+                                                test_user)
     assert res.returncode == 1, res.stdout + res.stderr
     assert SESSION_ERR_TEXT in res.stderr, res.stderr
     assert "successfully opened" not in res.stdout + res.stderr
+    assert elapsed < 2, f"failing took {elapsed:.2f} s"
+
+
+@DEBUGLEVELS
+def test_no_daemon_reason_reaches_the_log(debuglevel, sandbox, confdir, pam_module,
+                                          test_user):
+    """The module's reason reaches stderr through pam_wrapper's syslog
+    (LOG_ERR is shown at any PAM_WRAPPER_DEBUGLEVEL)."""
+    res, _, path = _pamtester_without_daemon(debuglevel, sandbox, confdir, pam_module,
+                                             test_user)
     reason = [line for line in res.stderr.splitlines() if path in line]
     assert reason and "connect" in reason[0], res.stderr
-    assert elapsed < 2, f"failing took {elapsed:.2f} s"
 
 
 def test_silent_daemon_times_out(fake_server, confdir, pam_module, test_user):
@@ -169,23 +187,30 @@ def test_user_not_in_passwd_fails_without_connecting(fake_server, confdir, pam_m
     assert server.conns == []
 
 
-@pytest.mark.parametrize("length,ok", [(256, True), (257, False)])
-def test_remote_host_length_bound(length, ok, fake_server, confdir, pam_module, test_user):
-    """A value longer than the protocol allows fails the session instead of
-    being sent (the daemon would drop the handshake) or cut."""
+def _host_of(length: int) -> str:
     host = ("a" * (length - len(".example.org"))) + ".example.org"
     assert len(host) == length
+    return host
+
+
+def test_remote_host_of_the_longest_length_is_sent(fake_server, confdir, pam_module,
+                                                  test_user):
+    host = _host_of(256)
+    facts, _ = open_and_capture(fake_server(), confdir, pam_module, test_user.name,
+                                items={PAM_RHOST: host})
+    assert facts.remote_host == host and facts.remote
+
+
+def test_remote_host_too_long_fails_the_session_unsent(fake_server, confdir, pam_module,
+                                                       test_user):
+    """A value longer than the protocol allows fails the session instead of
+    being sent (the daemon would drop the handshake) or cut."""
     server = fake_server()
-    if ok:
-        facts, _ = open_and_capture(server, confdir, pam_module, test_user.name,
-                                    items={PAM_RHOST: host})
-        assert facts.remote_host == host and facts.remote
-    else:
-        service = module_service(confdir, pam_module, server.path)
-        fails_with_session_err(PamLogin(service, test_user.name, confdir),
-                               items={PAM_RHOST: host}, unblock=server.drop_connections)
-        time.sleep(0.1)
-        assert all(c.facts is None for c in server.conns), "an oversized field was sent"
+    service = module_service(confdir, pam_module, server.path)
+    fails_with_session_err(PamLogin(service, test_user.name, confdir),
+                           items={PAM_RHOST: _host_of(257)}, unblock=server.drop_connections)
+    time.sleep(0.1)
+    assert all(c.facts is None for c in server.conns), "an oversized field was sent"
 
 
 def test_daemon_own_session_registers_nothing(fake_server, confdir, pam_module, test_user):

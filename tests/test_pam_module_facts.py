@@ -20,14 +20,19 @@ pytestmark = pytest.mark.usefixtures("no_session_vars")
 # -- what the module sends, seen by a real server
 
 
-def test_plain_session_facts_and_env(fake_server, confdir, pam_module, test_user):
-    server = fake_server()
-    facts, env = open_and_capture(server, confdir, pam_module, test_user.name,
-                                  name="plainsvc")
-    assert env["XDG_RUNTIME_DIR"] == "/x"
-    assert env["FOO"] == "bar"
+def test_plain_session_facts(fake_server, confdir, pam_module, test_user):
+    facts, _ = open_and_capture(fake_server(), confdir, pam_module, test_user.name,
+                                name="plainsvc")
     assert facts == Facts(uid=test_user.uid, vtnr=0, remote=False, service="plainsvc",
                           type="unspecified", klass="background")
+
+
+def test_the_servers_environment_is_the_sessions(fake_server, confdir, pam_module,
+                                                 test_user):
+    _, env = open_and_capture(fake_server(env={"XDG_RUNTIME_DIR": "/x", "FOO": "bar"}),
+                              confdir, pam_module, test_user.name)
+    assert env["XDG_RUNTIME_DIR"] == "/x"
+    assert env["FOO"] == "bar"
 
 
 def test_root_session_facts(fake_server, confdir, pam_module):
