@@ -84,6 +84,10 @@ class Daemon:
     def user_state(self, uid: int) -> dict[str, str] | None:
         return read_kv(self.state_dir / "users" / str(uid))
 
+    def state_of(self, uid: int) -> str | None:
+        """uid's STATE (starting, ready, lingering ...); None without a user file."""
+        return (self.user_state(uid) or {}).get("STATE")
+
     def session_state(self, sid: str | int) -> dict[str, str] | None:
         return read_kv(self.state_dir / "sessions" / str(sid))
 
