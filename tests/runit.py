@@ -49,3 +49,12 @@ class Services:
     def sv_status(self, name: str) -> str:
         return subprocess.run(["sv", "status", os.path.join(self.dir, name)],
                               capture_output=True, text=True, timeout=10).stdout
+
+
+def one_core_service(user) -> Services:
+    """user's services: a, a core service that only sleeps."""
+    sv = Services(user)
+    sv.add("a", "exec sleep infinity")
+    sv.core("a")
+    sv.own()
+    return sv

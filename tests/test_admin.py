@@ -14,14 +14,11 @@ import pytest
 from daemon import CTL
 from helpers import fds_of, wait_for, wait_gone
 from pamclient import PamLogin
-from runit import Services, runsvdirs
+from runit import Services, one_core_service, runsvdirs
 
 
 def with_core_service(user) -> Services:
-    sv = Services(user)
-    sv.add("a", "exec sleep infinity")
-    sv.core("a")
-    sv.own()
+    sv = one_core_service(user)
     time.sleep(1.1)  # runsvdir skips a directory changed within the last second
     return sv
 

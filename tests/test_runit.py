@@ -12,9 +12,9 @@ import time
 
 import pytest
 from burst import OK, Burst, tally
-from helpers import PAM_SESSION_ERR, procs_of, status_of, wait_for, wait_gone
+from helpers import PAM_SESSION_ERR, procs_of, read_kv, status_of, wait_for, wait_gone
 from pamclient import PamFailure, PamLogin
-from runit import Services, runsvdirs
+from runit import Services, one_core_service, runsvdirs
 from users import setpriv
 
 
@@ -61,46 +61,76 @@ def test_login_waits_for_core_services(runit_daemon, test_user, pam_module):
         pam.close()
 
 
-def test_second_login_reuses_manager_and_runs_as_the_user(runit_daemon, test_users,
-                                                          pam_module):
+def _env_service(user) -> Services:
+    """user's services: e, a core service that dumps its environment to
+    e.env in the service dir."""
+    sv = Services(user)
+    sv.add("e", "env > ../e.env\nexec sleep infinity", check="[ -s ../e.env ]")
+    sv.core("e")
+    sv.own()
+    return sv
+
+
+def test_a_second_login_reuses_the_manager(runit_daemon, test_users, pam_module):
+    user = test_users[1]
+    _env_service(user)
+    d = runit_daemon()
+    service = d.login_service()
+    with PamLogin(service, user.name, d.service_dir) as first:
+        first.open()
+        [manager] = runsvdirs(user.uid)
+        t0 = time.monotonic()
+        with PamLogin(service, user.name, d.service_dir) as second:
+            second.open()
+            fast = time.monotonic() - t0
+            assert runsvdirs(user.uid) == [manager]
+            assert fast < 0.5, fast
+            second.close()
+        assert runsvdirs(user.uid) == [manager]  # one session remains
+        first.close()
+
+
+@pytest.fixture
+def extra_group(test_users):
+    """A throwaway group test_users[1] is a member of: its gid."""
     user = test_users[1]
     group = f"tsdg{os.getpid() % 100000}"
     subprocess.run(["groupadd", group], check=True)
     try:
         subprocess.run(["usermod", "-aG", group, user.name], check=True)
-        gid_extra = int(subprocess.run(["getent", "group", group], capture_output=True,
-                                       text=True).stdout.split(":")[2])
-        sv = Services(user)
-        sv.add("e", "env > ../e.env\nexec sleep infinity", check="[ -s ../e.env ]")
-        sv.core("e")
-        sv.own()
-        d = runit_daemon()
-        service = d.login_service()
-        with PamLogin(service, user.name, d.service_dir) as first:
-            first.open()
-            [manager] = runsvdirs(user.uid)
-            t0 = time.monotonic()
-            with PamLogin(service, user.name, d.service_dir) as second:
-                second.open()
-                fast = time.monotonic() - t0
-                assert runsvdirs(user.uid) == [manager]
-                assert fast < 0.5, fast
-                ids = status_of(manager)
-                assert ids["Uid"].split() == [str(user.uid)] * 4
-                assert ids["Gid"].split() == [str(user.gid)] * 4
-                assert set(map(int, ids["Groups"].split())) == {user.gid, gid_extra}
-                with open(os.path.join(sv.dir, "e.env")) as f:
-                    env = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
-                assert env["XDG_RUNTIME_DIR"] == d.rundir(user.uid)
-                assert env["TURNSTILE_ENV_DIR"] == os.path.join(user.home, ".config",
-                                                                "service-env")
-                assert env["HOME"] == user.home and env["USER"] == user.name
-                second.close()
-            assert runsvdirs(user.uid) == [manager]  # one session remains
-            first.close()
+        yield int(subprocess.run(["getent", "group", group], capture_output=True,
+                                 text=True).stdout.split(":")[2])
     finally:
         subprocess.run(["gpasswd", "-d", user.name, group], capture_output=True)
         subprocess.run(["groupdel", group], check=True)
+
+
+def test_the_manager_runs_as_the_user_with_their_groups(runit_daemon, test_users,
+                                                        pam_module, extra_group):
+    user = test_users[1]
+    _env_service(user)
+    d = runit_daemon()
+    with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
+        pam.open()
+        [manager] = runsvdirs(user.uid)
+        ids = status_of(manager)
+        assert ids["Uid"].split() == [str(user.uid)] * 4
+        assert ids["Gid"].split() == [str(user.gid)] * 4
+        assert set(map(int, ids["Groups"].split())) == {user.gid, extra_group}
+        pam.close()
+
+
+def test_the_users_services_get_the_login_environment(runit_daemon, test_users, pam_module):
+    user = test_users[1]
+    sv = _env_service(user)
+    d = runit_daemon()
+    with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
+        pam.open()
+        env = read_kv(os.path.join(sv.dir, "e.env"))
+        assert env["XDG_RUNTIME_DIR"] == d.rundir(user.uid)
+        assert env["TURNSTILE_ENV_DIR"] == os.path.join(user.home, ".config", "service-env")
+        assert env["HOME"] == user.home and env["USER"] == user.name
+        pam.close()
 
 
 def test_last_logout_stops_everything(runit_daemon, test_user, pam_module):
@@ -164,32 +194,39 @@ def test_a_stale_run_status_does_not_count_as_up(runit_daemon, test_user, pam_mo
     wait_gone(test_user.uid, 15)
 
 
-def test_killed_manager_is_restarted_then_given_up(runit_daemon, test_user, pam_module):
-    sv = Services(test_user)
-    sv.add("a", "exec sleep infinity")
-    sv.core("a")
-    sv.own()
+def _kill_the_manager(d, user, restarts: bool) -> None:
+    """SIGKILLs user's runsvdir; with restarts, waits for a new one, ready."""
+    [old] = wait_for(lambda: runsvdirs(user.uid), 10)
+    os.kill(old, signal.SIGKILL)
+    if restarts:
+        wait_for(lambda: runsvdirs(user.uid) not in ([], [old])
+                 and d.state_of(user.uid) == "ready", 10, what="a new manager, ready")
+
+
+def test_a_killed_manager_is_restarted_and_logins_go_on(runit_daemon, test_user,
+                                                        pam_module):
+    one_core_service(test_user)
     d = runit_daemon()
     service = d.login_service()
     with PamLogin(service, test_user.name, d.service_dir) as pam:
         pam.open()
+        _kill_the_manager(d, test_user, restarts=True)
+        with PamLogin(service, test_user.name, d.service_dir) as again:
+            again.open()
+            again.close()
+        pam.close()
+    wait_gone(test_user.uid, 10)
 
-        def restarted(old: int) -> bool:
-            new = runsvdirs(test_user.uid)
-            return bool(new) and new != [old] and \
-                d.user_state(test_user.uid)["STATE"] == "ready"
 
-        for round_ in range(6):
-            [old] = wait_for(lambda: runsvdirs(test_user.uid), 10)
-            os.kill(old, signal.SIGKILL)
-            if round_ < 5:
-                wait_for(lambda o=old: restarted(o), 10)
-            if round_ == 0:
-                # the next login after a restart succeeds
-                with PamLogin(service, test_user.name, d.service_dir) as again:
-                    again.open()
-                    again.close()
-        wait_for(lambda: d.user_state(test_user.uid)["STATE"] == "failed", 10)
+def test_a_manager_killed_six_times_is_given_up(runit_daemon, test_user, pam_module):
+    one_core_service(test_user)
+    d = runit_daemon()
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        pam.open()
+        for _ in range(5):
+            _kill_the_manager(d, test_user, restarts=True)
+        _kill_the_manager(d, test_user, restarts=False)
+        wait_for(lambda: d.state_of(test_user.uid) == "failed", 10)
         assert "not restarting" in d.log()
         wait_for(lambda: not runsvdirs(test_user.uid), 10)
         pam.close()
