@@ -77,19 +77,23 @@ def wait_gone(uid: int, timeout: float) -> None:
 # -- state files
 
 
-def read_kv(path: str | os.PathLike) -> dict[str, str] | None:
-    """A KEY=VALUE file (a state file, an env dump) as a dict; None when it
-    does not exist."""
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        return None
+def parse_kv(text: str) -> dict[str, str]:
+    """KEY=VALUE lines (a state file, an env dump, show-user's output) as a
+    dict; lines without = are left out."""
     out = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep:
             out[key] = value
     return out
+
+
+def read_kv(path: str | os.PathLike) -> dict[str, str] | None:
+    """The KEY=VALUE file at path as a dict; None when it does not exist."""
+    try:
+        return parse_kv(Path(path).read_text())
+    except FileNotFoundError:
+        return None
 
 
 # -- /proc: every look at processes, descriptors, limits and mounts

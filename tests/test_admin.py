@@ -12,7 +12,7 @@ import time
 
 import pytest
 from daemon import CTL
-from helpers import fds_of, wait_for, wait_gone
+from helpers import fds_of, parse_kv, wait_for, wait_gone
 from pamclient import PamLogin
 from runit import Services, one_core_service, runsvdirs
 
@@ -34,11 +34,6 @@ def runit_login(daemon, test_user, pam_module):
         [manager] = runsvdirs(test_user.uid)
         [sid] = d.session_ids()
         yield d, manager, sid
-
-
-def _props(out: subprocess.CompletedProcess) -> dict[str, str]:
-    """KEY=VALUE lines of show-user and show-session."""
-    return dict(line.split("=", 1) for line in out.stdout.splitlines())
 
 
 def test_status_in_both_forms(runit_login):
@@ -74,7 +69,7 @@ def test_list_sessions_in_both_forms(runit_login, test_user):
 
 def test_show_user_in_both_forms(runit_login, test_user):
     d, manager, _ = runit_login
-    props = _props(d.ctl("show-user", test_user.name))
+    props = parse_kv(d.ctl("show-user", test_user.name).stdout)
     assert props["STATE"] == "ready" and props["MANAGER_PID"] == str(manager)
     assert json.loads(d.ctl("--json", "show-user", str(test_user.uid)).stdout)["uid"] == \
         test_user.uid
@@ -82,7 +77,7 @@ def test_show_user_in_both_forms(runit_login, test_user):
 
 def test_show_session(runit_login, test_user):
     d, _, sid = runit_login
-    props = _props(d.ctl("show-session", sid))
+    props = parse_kv(d.ctl("show-session", sid).stdout)
     assert props["USER"] == test_user.name and props["SERVICE"] == "login"
 
 

@@ -147,8 +147,7 @@ def test_real_daemon_pamtester_login(daemon, test_user, sandbox):
                     items={"tty": "tty2"}, timeout=20)
     assert res.returncode == 0, res.stdout + res.stderr + d.log_tail()
     assert "successfully opened a session" in res.stdout + res.stderr
-    env = dict(line.split("=", 1) for line in (snap / "env").read_text().splitlines()
-               if "=" in line)
+    env = read_kv(snap / "env")
     rundir = d.rundir(test_user.uid)
     assert env["XDG_RUNTIME_DIR"] == rundir
     assert (snap / "rundir").read_text().split() == ["directory", "700", str(test_user.uid)]

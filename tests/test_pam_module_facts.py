@@ -10,7 +10,7 @@ import struct
 
 import pytest
 from fakeserver import module_service, open_and_capture
-from helpers import PAM_RHOST, PAM_RUSER, PAM_TTY, PAM_XDISPLAY
+from helpers import PAM_RHOST, PAM_RUSER, PAM_TTY, PAM_XDISPLAY, read_kv
 from pamclient import pamtester
 from wire import MSG_OK_DONE, MSG_REQ_ENV, MSG_START, Facts
 
@@ -168,7 +168,7 @@ def test_env_reaches_a_login_program(fake_server, confdir, pam_module, test_user
                     timeout=20)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "successfully opened a session" in res.stderr + res.stdout
-    env = dict(line.split("=", 1) for line in dump.read_text().splitlines() if "=" in line)
+    env = read_kv(dump)
     assert env["XDG_RUNTIME_DIR"] == "/x" and env["FOO"] == "bar"
     facts = server.wait_conn().wait_handshake()
     assert (facts.service, facts.uid) == ("dumpenv", test_user.uid)

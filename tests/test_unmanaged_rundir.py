@@ -14,7 +14,7 @@ import shutil
 import stat
 
 import pytest
-from helpers import wait_for, wait_gone
+from helpers import read_kv, wait_for, wait_gone
 from pamclient import PamLogin
 from runit import Services
 
@@ -39,8 +39,7 @@ def services_with_session_bus(user) -> Services:
 
 
 def read_env(sv: Services) -> dict[str, str]:
-    with open(os.path.join(sv.dir, "env.out")) as f:
-        return dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+    return read_kv(os.path.join(sv.dir, "env.out"))
 
 
 @pytest.mark.skipif(shutil.which("dbus-daemon") is None,
