@@ -9,7 +9,7 @@ unseen. Integers are native byte order and size.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import field, make_dataclass
 
 MSG_OK_WAIT, MSG_OK_DONE, MSG_REQ_ENV, MSG_ENV, MSG_START, MSG_ERR = 1, 2, 3, 4, 5, 6
 UINT, ULONG, BOOL, SIZE = (struct.Struct(f) for f in ("@I", "@L", "@?", "@N"))
@@ -18,22 +18,13 @@ STRINGS = (("service", 1, 64), ("type", 1, 16), ("klass", 1, 16), ("desktop", 0,
            ("seat", 0, 32), ("tty", 0, 16), ("display", 0, 16), ("remote_user", 0, 256),
            ("remote_host", 0, 256))
 
-
-@dataclass(frozen=True)
-class Facts:
-    """One decoded handshake."""
-    uid: int
-    vtnr: int
-    remote: bool
-    service: str
-    type: str
-    klass: str
-    desktop: str = ""
-    seat: str = ""
-    tty: str = ""
-    display: str = ""
-    remote_user: str = ""
-    remote_host: str = ""
+# One decoded handshake: uid, vtnr, remote and the nine strings by their
+# attribute names; those that may be empty default to "".
+Facts = make_dataclass(
+    "Facts",
+    [("uid", int), ("vtnr", int), ("remote", bool)]
+    + [(name, str) if lo else (name, str, field(default="")) for name, lo, _ in STRINGS],
+    frozen=True)
 
 
 class BadHandshake(Exception):
