@@ -24,19 +24,17 @@ import subprocess
 import threading
 from collections.abc import Callable
 
+from helpers import (
+    PAM_BUF_ERR,
+    PAM_CONV,
+    PAM_ERROR_MSG,
+    PAM_SUCCESS,
+    PAM_TEXT_INFO,
+    PAM_TTY,
+    PAM_XDISPLAY,
+)
+
 import pam
-
-PAM_SUCCESS = 0
-PAM_PERM_DENIED = 6
-PAM_SESSION_ERR = 14
-
-# pam_set_item item types (security/_pam_types.h).
-PAM_SERVICE = 1
-PAM_USER = 2
-PAM_TTY = 3
-PAM_RHOST = 4
-PAM_RUSER = 8
-PAM_XDISPLAY = 11
 
 PAM_WRAPPER_LIB = "libpam_wrapper.so"
 
@@ -70,9 +68,6 @@ def confdir_pam_start(confdir: str | os.PathLike) -> Callable[..., int]:
 # authenticate(), but libpam keeps calling whatever is set (pam_exec's
 # `stdout`, pam_motd ...). This one lives as long as the module, prints
 # messages as a login program would and answers no prompt.
-PAM_CONV = 5
-PAM_ERROR_MSG = 3
-PAM_TEXT_INFO = 4
 
 
 class _Message(ctypes.Structure):
@@ -100,7 +95,7 @@ _libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
 def _printing_conv(count, messages, responses, appdata):
     block = _libc.calloc(max(count, 1), ctypes.sizeof(_Response))
     if not block:
-        return 5  # PAM_BUF_ERR
+        return PAM_BUF_ERR
     for i in range(count):
         m = messages[i].contents
         if m.msg_style in (PAM_ERROR_MSG, PAM_TEXT_INFO) and m.msg:
@@ -296,6 +291,13 @@ def write_service(directory: str | os.PathLike, name: str, module_path: str | os
     return path
 
 
+def environ_without_pam_wrapper() -> dict[str, str]:
+    """os.environ without pam_wrapper's variables: what every subprocess but
+    pamtester's gets (the daemon's above all)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("PAM_WRAPPER") and k != "LD_PRELOAD"}
+
+
 def pamtester(service: str, user: str, service_dir: str | os.PathLike, *ops: str,
               env: dict[str, str] | None = None, items: dict[str, str] | None = None,
               extra_environ: dict[str, str] | None = None,
@@ -316,8 +318,7 @@ def pamtester(service: str, user: str, service_dir: str | os.PathLike, *ops: str
     for k, v in (items or {}).items():
         cmd += ["-I", f"{k}={v}"]
     cmd += [service, user, *ops]
-    proc_env = {k: v for k, v in os.environ.items()
-                if not k.startswith("PAM_WRAPPER") and k != "LD_PRELOAD"}
+    proc_env = environ_without_pam_wrapper()
     proc_env.update(extra_environ or {})
     proc_env.update(LD_PRELOAD=PAM_WRAPPER_LIB, PAM_WRAPPER="1",
                     PAM_WRAPPER_SERVICE_DIR=str(service_dir))

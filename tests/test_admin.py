@@ -8,86 +8,98 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 
+import pytest
+from daemon import CTL
+from helpers import fds_of, parse_kv, wait_for, wait_gone
 from pamclient import PamLogin
-from procs import procs_of, wait_for
-from test_runit import Services, runsvdirs
-
-CTL = [sys.executable, "-m", "turnstiled.ctl"]
-VENV_CTL = os.path.join(os.path.dirname(sys.executable), "turnstilectl")
-
-
-def ctl(d, *args: str, user=None) -> subprocess.CompletedProcess:
-    """turnstilectl against d, as root or (user=) as that test user."""
-    if user is None:
-        argv = CTL + ["--admin-socket", d.admin_socket_path, *args]
-    else:
-        argv = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups",
-                VENV_CTL, "--admin-socket", d.admin_socket_path, *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+from runit import Services, one_core_service, runsvdirs
 
 
 def with_core_service(user) -> Services:
-    sv = Services(user)
-    sv.add("a", "exec sleep infinity")
-    sv.core("a")
-    sv.own()
+    sv = one_core_service(user)
     time.sleep(1.1)  # runsvdir skips a directory changed within the last second
     return sv
 
 
-def test_every_command_in_both_forms(daemon, test_user, pam_module):
+@pytest.fixture
+def runit_login(daemon, test_user, pam_module):
+    """test_user logged in, with a runit manager running one core service:
+    (daemon, the manager's pid, the session's id)."""
     with_core_service(test_user)
     d = daemon(backend="runit")
     with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
         pam.open()
         [manager] = runsvdirs(test_user.uid)
         [sid] = d.session_ids()
+        yield d, manager, sid
 
-        out = ctl(d, "status")
-        assert out.returncode == 0
-        assert "Backend: runit" in out.stdout and "Sessions: 1" in out.stdout
-        status = json.loads(ctl(d, "--json", "status").stdout)
-        assert status["users"] == 1 and status["backend"] == "runit"
 
-        out = ctl(d, "list-users")
-        assert out.stdout.splitlines()[0].split() == [
-            "UID", "USER", "STATE", "SESSIONS", "MANAGER", "PID", "BACKEND", "LINGER"]
-        row = out.stdout.splitlines()[1].split()
-        assert row == [str(test_user.uid), test_user.name, "ready", "1", str(manager),
-                       "runit", "no"]
-        bare = ctl(d, "list-users", "--no-legend").stdout.strip().splitlines()
-        assert len(bare) == 1 and bare[0].split()[1] == test_user.name
-        [user] = json.loads(ctl(d, "--json", "list-users").stdout)
-        assert user["manager_pid"] == manager and user["sessions"] == [sid]
+def test_status_in_both_forms(runit_login):
+    d, _, _ = runit_login
+    out = d.ctl("status")
+    assert out.returncode == 0
+    assert "Backend: runit" in out.stdout and "Sessions: 1" in out.stdout
+    status = json.loads(d.ctl("--json", "status").stdout)
+    assert status["users"] == 1 and status["backend"] == "runit"
 
-        out = ctl(d, "list-sessions")
-        assert out.stdout.splitlines()[1].split()[:3] == [sid, str(test_user.uid), test_user.name]
-        [session] = json.loads(ctl(d, "list-sessions", "--json").stdout)
-        assert session["service"] == "login" and session["leader"] == os.getpid()
 
-        props = dict(line.split("=", 1) for line in
-                     ctl(d, "show-user", test_user.name).stdout.splitlines())
-        assert props["STATE"] == "ready" and props["MANAGER_PID"] == str(manager)
-        props = dict(line.split("=", 1) for line in ctl(d, "show-session", sid).stdout.splitlines())
-        assert props["USER"] == test_user.name and props["SERVICE"] == "login"
-        assert json.loads(ctl(d, "--json", "show-user", str(test_user.uid)).stdout)["uid"] == \
-            test_user.uid
+def test_list_users_in_both_forms(runit_login, test_user):
+    d, manager, sid = runit_login
+    out = d.ctl("list-users")
+    assert out.stdout.splitlines()[0].split() == [
+        "UID", "USER", "STATE", "SESSIONS", "MANAGER", "PID", "BACKEND", "LINGER"]
+    row = out.stdout.splitlines()[1].split()
+    assert row == [str(test_user.uid), test_user.name, "ready", "1", str(manager),
+                   "runit", "no"]
+    bare = d.ctl("list-users", "--no-legend").stdout.strip().splitlines()
+    assert len(bare) == 1 and bare[0].split()[1] == test_user.name
+    [user] = json.loads(d.ctl("--json", "list-users").stdout)
+    assert user["manager_pid"] == manager and user["sessions"] == [sid]
 
-        out = ctl(d, "user-status", test_user.name)
-        assert f"Manager: runit, pid {manager}" in out.stdout
-        assert "core services: a (" in out.stdout
-        data = json.loads(ctl(d, "--json", "user-status", test_user.name).stdout)
-        assert [s["name"] for s in data["last_ready"]["services"]] == ["a"]
-        assert data["last_ready"]["waited_ms"] > 0
 
-        missing = ctl(d, "show-session", "999")
-        assert missing.returncode == 1 and "no such session" in missing.stderr
-        assert ctl(d, "show-user", "root").returncode == 1
-        assert ctl(d, "no-such-command").returncode == 2
-        pam.close()
+def test_list_sessions_in_both_forms(runit_login, test_user):
+    d, _, sid = runit_login
+    out = d.ctl("list-sessions")
+    assert out.stdout.splitlines()[1].split()[:3] == [sid, str(test_user.uid), test_user.name]
+    [session] = json.loads(d.ctl("list-sessions", "--json").stdout)
+    assert session["service"] == "login" and session["leader"] == os.getpid()
+
+
+def test_show_user_in_both_forms(runit_login, test_user):
+    d, manager, _ = runit_login
+    props = parse_kv(d.ctl("show-user", test_user.name).stdout)
+    assert props["STATE"] == "ready" and props["MANAGER_PID"] == str(manager)
+    assert json.loads(d.ctl("--json", "show-user", str(test_user.uid)).stdout)["uid"] == \
+        test_user.uid
+
+
+def test_show_session(runit_login, test_user):
+    d, _, sid = runit_login
+    props = parse_kv(d.ctl("show-session", sid).stdout)
+    assert props["USER"] == test_user.name and props["SERVICE"] == "login"
+
+
+def test_user_status_in_both_forms(runit_login, test_user):
+    d, manager, _ = runit_login
+    out = d.ctl("user-status", test_user.name)
+    assert f"Manager: runit, pid {manager}" in out.stdout
+    assert "core services: a (" in out.stdout
+    data = json.loads(d.ctl("--json", "user-status", test_user.name).stdout)
+    assert [s["name"] for s in data["last_ready"]["services"]] == ["a"]
+    assert data["last_ready"]["waited_ms"] > 0
+
+
+def test_what_does_not_exist_is_an_error(daemon):
+    d = daemon()
+    missing = d.ctl("show-session", "999")
+    assert missing.returncode == 1 and "no such session" in missing.stderr
+    assert d.ctl("show-user", "root").returncode == 1
+    assert d.ctl("no-such-command").returncode == 2
+
+
+def test_no_daemon_is_one_line_of_error():
     down = subprocess.run(CTL + ["--admin-socket", "/nonexistent/admin.sock", "status"],
                           capture_output=True, text=True, timeout=30)
     assert down.returncode == 1
@@ -95,48 +107,87 @@ def test_every_command_in_both_forms(daemon, test_user, pam_module):
     assert "/nonexistent/admin.sock" in down.stderr and "running" in down.stderr
 
 
-def test_users_change_only_their_own(daemon, test_users, pam_module):
-    a, b = test_users[0], test_users[1]
+@pytest.fixture
+def other_logged_in(daemon, test_users):
+    """test_users[1] logged in (no backend): (daemon, the session's id)."""
     d = daemon()
-    with PamLogin(d.login_service(), b.name, d.service_dir) as pam:
+    with PamLogin(d.login_service(), test_users[1].name, d.service_dir) as pam:
         pam.open()
         [sid] = d.session_ids()
-        out = ctl(d, "enable-linger", b.name, user=a)
-        assert out.returncode == 1 and "only root" in out.stderr
-        assert not os.path.exists(os.path.join(d.config["linger_dir"], b.name))
-        out = ctl(d, "terminate-session", sid, user=a)
-        assert out.returncode == 1 and d.session_ids() == [sid]
-        assert ctl(d, "terminate-user", b.name, user=a).returncode == 1
-        assert ctl(d, "list-sessions", user=a).returncode == 0  # reading is open
-        assert ctl(d, "enable-linger", user=a).returncode == 0
-        assert os.path.exists(os.path.join(d.config["linger_dir"], a.name))
-        assert ctl(d, "enable-linger", b.name).returncode == 0
-        assert os.path.exists(os.path.join(d.config["linger_dir"], b.name))
-        assert ctl(d, "terminate-session", sid).returncode == 0
-        assert wait_for(lambda: not d.session_ids(), 5)
+        yield d, sid
 
 
-def test_linger_keeps_the_manager_and_starts_it_with_the_daemon(daemon, test_user,
-                                                              pam_module):
+def _lingers(d, user) -> bool:
+    return os.path.exists(os.path.join(d.config["linger_dir"], user.name))
+
+
+def test_a_user_cannot_change_another_users_login(other_logged_in, test_users):
+    a, b = test_users[0], test_users[1]
+    d, sid = other_logged_in
+    out = d.ctl("enable-linger", b.name, user=a)
+    assert out.returncode == 1 and "only root" in out.stderr
+    assert not _lingers(d, b)
+    out = d.ctl("terminate-session", sid, user=a)
+    assert out.returncode == 1 and d.session_ids() == [sid]
+    assert d.ctl("terminate-user", b.name, user=a).returncode == 1
+    assert d.session_ids() == [sid]
+
+
+def test_a_user_reads_everything_and_lingers_themselves(other_logged_in, test_users):
+    a = test_users[0]
+    d, _ = other_logged_in
+    assert d.ctl("list-sessions", user=a).returncode == 0
+    assert d.ctl("enable-linger", user=a).returncode == 0
+    assert _lingers(d, a)
+
+
+def test_root_changes_any_users_login(other_logged_in, test_users):
+    b = test_users[1]
+    d, sid = other_logged_in
+    assert d.ctl("enable-linger", b.name).returncode == 0
+    assert _lingers(d, b)
+    assert d.ctl("terminate-session", sid).returncode == 0
+    wait_for(lambda: not d.session_ids(), 5)
+
+
+def _log_in_and_out(d, user) -> int:
+    """One login and logout of user's; returns the pid of the manager it had."""
+    with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
+        pam.open()
+        [manager] = runsvdirs(user.uid)
+        pam.close()
+    return manager
+
+
+def test_linger_keeps_the_manager_after_logout(daemon, test_user, pam_module):
     with_core_service(test_user)
     d = daemon(backend="runit")
-    assert ctl(d, "enable-linger", test_user.name).returncode == 0
-    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
-        pam.open()
-        [manager] = runsvdirs(test_user.uid)
-        pam.close()
-    assert wait_for(lambda: d.user_state(test_user.uid)["STATE"] == "lingering", 5)
+    assert d.ctl("enable-linger", test_user.name).returncode == 0
+    manager = _log_in_and_out(d, test_user)
+    wait_for(lambda: d.state_of(test_user.uid) == "lingering", 5)
     assert runsvdirs(test_user.uid) == [manager]
 
-    assert d.stop() == 0
-    assert wait_for(lambda: not procs_of(test_user.uid), 15)
-    d2 = daemon(backend="runit")  # same sandbox, same linger_dir: "boot"
-    assert wait_for(lambda: runsvdirs(test_user.uid), 10)
-    assert wait_for(lambda: (d2.user_state(test_user.uid) or {}).get("STATE") == "lingering", 10)
 
-    assert ctl(d2, "disable-linger", test_user.name).returncode == 0
-    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
-    assert wait_for(lambda: d2.user_state(test_user.uid) is None, 5)
+def test_a_lingering_users_manager_starts_with_the_daemon(daemon, test_user, pam_module):
+    with_core_service(test_user)
+    d = daemon(backend="runit")
+    assert d.ctl("enable-linger", test_user.name).returncode == 0
+    wait_for(lambda: d.state_of(test_user.uid) == "lingering", 10)
+    assert d.stop() == 0
+    wait_gone(test_user.uid, 15)
+    d2 = daemon(backend="runit")  # same sandbox, same linger_dir: "boot"
+    wait_for(lambda: runsvdirs(test_user.uid), 10)
+    wait_for(lambda: d2.state_of(test_user.uid) == "lingering", 10)
+
+
+def test_disable_linger_stops_a_lingering_manager(daemon, test_user, pam_module):
+    with_core_service(test_user)
+    d = daemon(backend="runit")
+    assert d.ctl("enable-linger", test_user.name).returncode == 0
+    wait_for(lambda: d.state_of(test_user.uid) == "lingering" and runsvdirs(test_user.uid), 10)
+    assert d.ctl("disable-linger", test_user.name).returncode == 0
+    wait_gone(test_user.uid, 15)
+    wait_for(lambda: d.user_state(test_user.uid) is None, 5)
 
 
 def test_terminate_user_ends_the_pam_side_and_the_manager(daemon, test_user, pam_module):
@@ -149,7 +200,7 @@ def test_terminate_user_ends_the_pam_side_and_the_manager(daemon, test_user, pam
         # The PAM side's end of the session: the module's socket to the
         # daemon, found among this process's fds (dup'ed, so ours to look at).
         conns = []
-        for fd in map(int, os.listdir("/proc/self/fd")):
+        for fd in fds_of():
             try:
                 sock = socket.socket(fileno=os.dup(fd))
             except OSError:
@@ -169,32 +220,31 @@ def test_terminate_user_ends_the_pam_side_and_the_manager(daemon, test_user, pam
         except BlockingIOError:
             pass  # open and quiet, as a session should be
 
-        out = ctl(d, "terminate-user", test_user.name)
+        out = d.ctl("terminate-user", test_user.name)
         assert out.returncode == 0
         conn.settimeout(5)
         assert conn.recv(1) == b""  # EOF on the PAM side
         conn.close()
-        assert wait_for(lambda: not d.session_ids(), 5)
-        assert wait_for(lambda: not procs_of(test_user.uid), 15)
+        wait_for(lambda: not d.session_ids(), 5)
+        wait_gone(test_user.uid, 15)
         pam.close()
 
 
-def test_stop_delay_reuses_then_stops_the_manager(daemon, test_user, pam_module):
+def test_a_login_within_the_stop_delay_reuses_the_manager(daemon, test_user, pam_module):
     with_core_service(test_user)
     d = daemon(backend="runit", user_stop_delay=2)
-    service = d.login_service()
-    with PamLogin(service, test_user.name, d.service_dir) as pam:
-        pam.open()
-        [manager] = runsvdirs(test_user.uid)
-        pam.close()
+    manager = _log_in_and_out(d, test_user)
     time.sleep(0.5)
-    assert d.user_state(test_user.uid)["STATE"] == "lingering"
-    with PamLogin(service, test_user.name, d.service_dir) as pam:
-        pam.open()
-        assert runsvdirs(test_user.uid) == [manager]
-        pam.close()
+    assert d.state_of(test_user.uid) == "lingering"
+    assert _log_in_and_out(d, test_user) == manager
+
+
+def test_the_manager_stops_once_the_stop_delay_is_over(daemon, test_user, pam_module):
+    with_core_service(test_user)
+    d = daemon(backend="runit", user_stop_delay=2)
+    _log_in_and_out(d, test_user)
     t0 = time.monotonic()
-    assert wait_for(lambda: not procs_of(test_user.uid), 10)
+    wait_gone(test_user.uid, 10)
     assert time.monotonic() - t0 > 1.5  # the delay held it
 
 
@@ -209,52 +259,60 @@ def _lines(sock: socket.socket, count: int) -> list[dict]:
     return [json.loads(line) for line in data.splitlines()]
 
 
-def test_garbage_on_the_admin_socket_gets_errors_while_others_are_served(daemon):
+def _admin_connection(d) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(d.admin_socket_path)
+    return sock
+
+
+def test_malformed_admin_lines_each_get_a_bad_request_reply(daemon):
     d = daemon()
-    bad = socket.socket(socket.AF_UNIX)
-    bad.connect(d.admin_socket_path)
-    bad.sendall(b"garbage\n[1,2]\n{\"cmd\":\"nope\"}\n{\"cmd\":\"show-user\",\"args\":[]}\n"
-                b"\xff\xfe\n")
-    replies = _lines(bad, 5)
+    with _admin_connection(d) as bad:
+        bad.sendall(b"garbage\n[1,2]\n{\"cmd\":\"nope\"}\n{\"cmd\":\"show-user\",\"args\":[]}\n"
+                    b"\xff\xfe\n")
+        replies = _lines(bad, 5)
     assert [r["status"] for r in replies] == ["bad-request"] * 5
     assert all(r["ok"] is False and r["error"] for r in replies)
-    bad.sendall(b"x" * 70000 + b"\n")
-    good = socket.socket(socket.AF_UNIX)
-    good.connect(d.admin_socket_path)
-    good.sendall(b'{"v":1,"cmd":"status"}\n')
-    [reply] = _lines(good, 1)
-    assert reply["ok"] and reply["data"]["sessions"] == 0
-    [over] = _lines(bad, 1)
-    assert over["status"] == "bad-request" and "65536" in over["error"]
+
+
+def test_an_overlong_admin_line_gets_an_error_while_others_are_served(daemon):
+    d = daemon()
+    with _admin_connection(d) as bad, _admin_connection(d) as good:
+        bad.sendall(b"x" * 70000 + b"\n")
+        good.sendall(b'{"v":1,"cmd":"status"}\n')
+        [reply] = _lines(good, 1)
+        assert reply["ok"] and reply["data"]["sessions"] == 0
+        [over] = _lines(bad, 1)
+        assert over["status"] == "bad-request" and "65536" in over["error"]
     assert d.running()
-    good.sendall(json.dumps({"cmd": "show-user", "args": {"user": 2**70}}).encode() + b"\n")
-    [huge] = _lines(good, 1)
+
+
+def test_a_uid_past_any_machine_integer_is_not_found(daemon):
+    d = daemon()
+    with _admin_connection(d) as good:
+        good.sendall(json.dumps({"cmd": "show-user", "args": {"user": 2**70}}).encode() + b"\n")
+        [huge] = _lines(good, 1)
     assert huge["status"] == "not-found"
-    bad.close()
-    good.close()
 
 
 def test_linger_refused_without_a_managed_rundir(daemon, test_user, pam_module):
     with_core_service(test_user)
     d = daemon(backend="runit", manage_rundir="no")
-    out = ctl(d, "enable-linger", test_user.name)
+    out = d.ctl("enable-linger", test_user.name)
     assert out.returncode == 0 and "manage_rundir" in out.stdout
-    assert "manage_rundir" in ctl(d, "status").stdout
+    assert "manage_rundir" in d.ctl("status").stdout
     with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
         pam.open()
         pam.close()
-    assert wait_for(lambda: not procs_of(test_user.uid), 15)
+    wait_gone(test_user.uid, 15)
 
 
 def test_linger_enabled_during_the_stop_delay_keeps_the_manager(daemon, test_user,
                                                                pam_module):
     with_core_service(test_user)
     d = daemon(backend="runit", user_stop_delay=2)
-    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
-        pam.open()
-        [manager] = runsvdirs(test_user.uid)
-        pam.close()
-    assert ctl(d, "enable-linger", test_user.name).returncode == 0
+    manager = _log_in_and_out(d, test_user)
+    assert d.ctl("enable-linger", test_user.name).returncode == 0
     time.sleep(3)  # past the delay
     assert runsvdirs(test_user.uid) == [manager]
-    assert d.user_state(test_user.uid)["STATE"] == "lingering"
+    assert d.state_of(test_user.uid) == "lingering"

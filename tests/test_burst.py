@@ -9,8 +9,8 @@ import os
 
 import pytest
 from burst import OK, Burst, CpuHog, tally
-from procs import procs_of, wait_for
-from test_runit import Services, runsvdirs
+from helpers import procs_of, wait_for, wait_gone
+from runit import Services, runsvdirs
 
 # Bounded so a lost readiness answer fails the test in seconds, not minutes;
 # a healthy login here takes well under a second even on a loaded machine.
@@ -40,8 +40,9 @@ def _assert_logged_in(d, users, sessions_each: int) -> None:
 
 def _assert_all_gone(d, users) -> None:
     for user in users:
-        assert wait_for(lambda u=user: not procs_of(u.uid), 20), procs_of(user.uid)
-        assert wait_for(lambda u=user: d.user_state(u.uid) is None, 5), user.name
+        wait_gone(user.uid, 20)
+        wait_for(lambda u=user: d.user_state(u.uid) is None, 5,
+                 what=f"the state file of {user.name} to go")
     assert d.session_ids() == []
 
 

@@ -11,10 +11,9 @@ import threading
 import time
 
 import pytest
+from helpers import wait_for, wait_gone
 from pamclient import PamFailure, PamLogin
-from procs import procs_of, wait_for
-from test_admin import ctl
-from test_runit import Services, runsvdirs
+from runit import Services, runsvdirs
 
 # The core service comes up this long after it starts: the window in which
 # the events below arrive.
@@ -35,8 +34,9 @@ def starting(d, uid: int) -> bool:
 
 
 def assert_nothing_left(d, user) -> None:
-    assert wait_for(lambda: not procs_of(user.uid), 15), procs_of(user.uid)
-    assert wait_for(lambda: d.user_state(user.uid) is None, 5), d.user_state(user.uid)
+    wait_gone(user.uid, 15)
+    wait_for(lambda: d.user_state(user.uid) is None, 5, what="the user's state file to go",
+             detail=lambda: d.user_state(user.uid))
     assert d.session_ids() == []
 
 
@@ -55,9 +55,9 @@ def test_terminate_user_while_the_login_waits(daemon, test_user, pam_module):
 
     t = threading.Thread(target=login)
     t.start()
-    assert wait_for(lambda: starting(d, test_user.uid), 10)
+    wait_for(lambda: starting(d, test_user.uid), 10)
     t0 = time.monotonic()
-    assert ctl(d, "terminate-user", test_user.name).returncode == 0
+    assert d.ctl("terminate-user", test_user.name).returncode == 0
     t.join(20)
     assert not t.is_alive()
     assert "ok" not in outcome, "the login went on after terminate-user"
@@ -69,9 +69,9 @@ def test_terminate_user_while_the_login_waits(daemon, test_user, pam_module):
 def test_disable_linger_while_the_lingering_manager_starts(daemon, test_user, pam_module):
     slow_core(test_user)
     d = daemon(backend="runit", login_timeout=30)
-    assert ctl(d, "enable-linger", test_user.name).returncode == 0
-    assert wait_for(lambda: starting(d, test_user.uid), 10)
-    assert ctl(d, "disable-linger", test_user.name).returncode == 0
+    assert d.ctl("enable-linger", test_user.name).returncode == 0
+    wait_for(lambda: starting(d, test_user.uid), 10)
+    assert d.ctl("disable-linger", test_user.name).returncode == 0
     assert_nothing_left(d, test_user)
 
 
@@ -91,7 +91,7 @@ def test_login_program_killed_while_its_manager_starts(daemon, test_user, pam_mo
         finally:
             os._exit(0)
     try:
-        assert wait_for(lambda: starting(d, test_user.uid), 10)
+        wait_for(lambda: starting(d, test_user.uid), 10)
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)

@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import build_fdstore, wait_for
+from build import build_fdstore
+from helpers import wait_for
 
 # The store's limits, as the contract gives them.
 LOG_BURST = 20

@@ -2,10 +2,8 @@
 real SOCK_SEQPACKET channel, as root, with real users, the real libpam
 and stock PAM modules.
 
-The backend here is a small sh script of each test's own, written into the
-sandbox: the holder is backend-agnostic (it only runs `BACKEND run|ready|
-stop`), so a script that records what it sees shows the holder's side
-exactly; the real backends run on it in test_runit.py and test_dinit.py.
+The backend here is a small sh script of each test's own (holder_process.py);
+the real backends run on the holder in test_runit.py and test_dinit.py.
 """
 
 from __future__ import annotations
@@ -17,182 +15,33 @@ import shutil
 import signal
 import socket
 import time
-from pathlib import Path
 
 import pytest
-from conftest import build_holder
-from procs import procs_of, wait_for
-
-GONE_TIMEOUT = 15
-
-
-def write(path: Path, text: str, mode: int = 0o644) -> Path:
-    path.write_text(text)
-    os.chmod(path, mode)
-    return path
-
-
-class Holder:
-    """One holder started as the daemon starts it: channel on fd 3, stdin
-    /dev/null, output to a log file."""
-
-    def __init__(self, sandbox: Path, spec: dict[str, object], wrapper: list[str] = ()) -> None:
-        self.log_path = sandbox / f"holder-{time.monotonic_ns()}.log"
-        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        fd = theirs.fileno()
-        if fd == 3:
-            fd = os.dup(fd)
-        log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT, 0o644)
-        argv = [*wrapper, str(build_holder())]
-        self.pid = os.posix_spawn(argv[0], argv, {"PATH": "/usr/bin:/bin"}, file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_DUP2, log, 1), (os.POSIX_SPAWN_DUP2, log, 2),
-            (os.POSIX_SPAWN_DUP2, fd, 3)], setsid=True)
-        os.close(log)
-        if fd != theirs.fileno():
-            os.close(fd)
-        theirs.close()
-        self.status: int | None = None
-        if spec:
-            self.send("start", *(f"{k}={v}" for k, v in spec.items()))
-
-    def send(self, *fields: str | bytes) -> None:
-        self.sock.send(b"\0".join(f if isinstance(f, bytes) else f.encode() for f in fields))
-
-    def event(self, timeout: float = 10) -> tuple[str, str] | None:
-        """The next event, or None at end of channel; fails after timeout."""
-        ready, _, _ = select.select([self.sock], [], [], timeout)
-        assert ready, f"no event within {timeout} s; log:\n{self.log()}"
-        packet = self.sock.recv(65536)
-        if not packet:
-            return None
-        verb, _, arg = packet.decode(errors="replace").partition("\0")
-        return verb, arg
-
-    def until(self, verb: str, timeout: float = 10) -> list[tuple[str, str]]:
-        """Events up to and including the first `verb`."""
-        seen = []
-        deadline = time.monotonic() + timeout
-        while True:
-            ev = self.event(max(0.01, deadline - time.monotonic()))
-            assert ev is not None, f"channel closed before {verb}: {seen}\n{self.log()}"
-            seen.append(ev)
-            if ev[0] == verb:
-                return seen
-
-    def wait(self, timeout: float = GONE_TIMEOUT) -> int:
-        deadline = time.monotonic() + timeout
-        while self.status is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.status = os.waitstatus_to_exitcode(status)
-            elif time.monotonic() > deadline:
-                raise AssertionError(f"holder still running after {timeout} s\n{self.log()}")
-            else:
-                time.sleep(0.01)
-        return self.status
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.status is None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.wait(5)
-        self.sock.close()
+from helpers import (
+    cmdline_of,
+    fds_of,
+    open_files_limit,
+    procs_of,
+    read_kv,
+    rss_kb,
+    status_of,
+    wait_for,
+    wait_gone,
+)
+from holder_process import Holder, Setup, stop_and_wait, write
+from users import kill_created_users_processes
 
 
 @pytest.fixture
 def holders():
+    """The holders a test starts, killed at its end with whatever of the
+    test users' they left (a failed test's manager, say, which would
+    otherwise fail the tests after it)."""
     started: list[Holder] = []
     yield started
     for h in started:
         h.kill()
-
-
-BACKEND = """#!/bin/sh
-out={out}
-case "$1" in
-run)
-    echo "$@" > "$out/run.args"
-    env > "$out/run.env"
-    pwd > "$out/run.cwd"
-    exec "$out/manager"
-    ;;
-ready)
-    printf '%s' "$2" > "$out/ready.arg"
-    exec "$out/ready"
-    ;;
-stop)
-    echo "$2" > "$out/stop.pid"
-    env > "$out/stop.env"
-    exec kill -TERM "$2"
-    ;;
-esac
-exit 64
-"""
-
-
-class Setup:
-    """A sandbox with the fake backend, its out dir (the user's) and a PAM dir."""
-
-    def __init__(self, sandbox: Path, user) -> None:
-        self.sandbox, self.user = sandbox, user
-        self.out = sandbox / "out"
-        self.out.mkdir()
-        os.chown(self.out, user.uid, user.gid)
-        self.backend = write(sandbox / "backend", BACKEND.format(out=self.out), 0o755)
-        self.manager("exec sleep 1000")
-        self.ready("echo 'up a'\necho 'up b'\nexit 0")
-        self.pam_dir = sandbox / "pam.d"
-        self.pam_dir.mkdir()
-        self.pam("session required pam_permit.so")
-
-    def manager(self, body: str) -> None:
-        write(self.out / "manager", "#!/bin/sh\n" + body + "\n", 0o755)
-
-    def ready(self, body: str) -> None:
-        write(self.out / "ready", "#!/bin/sh\n" + body + "\n", 0o755)
-
-    def pam(self, session: str) -> None:
-        write(self.pam_dir / "mgr", "auth required pam_permit.so\n"
-              "account required pam_permit.so\n" + session + "\n")
-
-    def spec(self, **overrides: object) -> dict[str, object]:
-        u = self.user
-        spec: dict[str, object] = {
-            "uid": u.uid, "gid": u.gid, "groups": f"{u.gid}", "user": u.name, "home": u.home,
-            "shell": "/bin/sh", "rundir": f"/run/user/{u.uid}", "backend": self.backend,
-            "fifo": self.sandbox / "fifo", "srvdir": self.sandbox / "srv",
-            "confdir": self.sandbox / "conf", "pam_service": "mgr", "pam_dir": self.pam_dir,
-            "stop_timeout": 2000, "nofile": 1024,
-        }
-        spec.update(overrides)
-        return spec
-
-    def start(self, holders: list[Holder], wrapper: list[str] = (), **overrides) -> Holder:
-        h = Holder(self.sandbox, self.spec(**overrides), wrapper)
-        holders.append(h)
-        return h
-
-
-def env_of(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-
-
-def status_of(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/status") as f:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-
-
-def stop_and_wait(h: Holder, user) -> None:
-    h.send("stop")
-    h.until("gone", GONE_TIMEOUT)
-    assert h.wait() == 0
-    assert wait_for(lambda: not procs_of(user.uid), 5), procs_of(user.uid)
+    kill_created_users_processes()
 
 
 @pytest.fixture
@@ -200,68 +49,117 @@ def setup(sandbox, test_user):
     return Setup(sandbox, test_user)
 
 
-def test_run_ready_and_stop_as_the_user_in_one_clean_environment(setup, holders, test_user):
-    u = test_user
-    h = setup.start(holders, groups=f"{u.gid},4242,4243", nofile=777)
+def _manager_execd(h: Holder) -> int:
+    """Waits for the pid event and for the backend's run to have exec'd the
+    default manager (sleep), so that what run wrote is complete; its pid."""
     verb, pid = h.event()
     assert verb == "pid", (verb, pid, h.log())
-    pid = int(pid)
-    assert wait_for(lambda: (setup.out / "run.env").exists(), 5)
-    assert wait_for(lambda: open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"sleep"), 5)
+    wait_for(lambda: cmdline_of(int(pid)).startswith("sleep"), 5)
+    return int(pid)
+
+
+@pytest.fixture
+def running(setup, holders, test_user):
+    """A holder started with two extra groups and an open-files limit of
+    777, its manager (sleep) running: (holder, the manager's pid). Stopped
+    at teardown unless the test did."""
+    u = test_user
+    h = setup.start(holders, groups=f"{u.gid},4242,4243", nofile=777)
+    pid = _manager_execd(h)
+    yield h, pid
+    if h.status is None:
+        stop_and_wait(h, test_user)
+
+
+def test_run_runs_as_the_user_with_their_groups(running, test_user):
+    _, pid = running
     st = status_of(pid)
-    assert st["Uid"].split() == [str(u.uid)] * 4
-    assert st["Gid"].split() == [str(u.gid)] * 4
-    assert set(map(int, st["Groups"].split())) == {u.gid, 4242, 4243}
-    assert sorted(os.listdir(f"/proc/{pid}/fd")) == ["0", "1", "2"]
-    assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
+    assert st["Uid"].split() == [str(test_user.uid)] * 4
+    assert st["Gid"].split() == [str(test_user.gid)] * 4
+    assert set(map(int, st["Groups"].split())) == {test_user.gid, 4242, 4243}
+
+
+def test_run_has_only_stdio_and_a_session_of_its_own(running):
+    _, pid = running
+    fds = fds_of(pid)
+    assert sorted(fds) == [0, 1, 2]
+    assert fds[0] == "/dev/null"
     assert os.getsid(pid) == pid, "run is not in a session of its own"
-    with open(f"/proc/{pid}/limits") as f:
-        nofile = next(line for line in f if line.startswith("Max open files")).split()
-    assert nofile[3] == "777", nofile  # the daemon's raised limit is not the user's
-    assert (setup.out / "run.cwd").read_text().strip() == u.home
+
+
+def test_run_has_the_open_files_limit_it_was_given(running):
+    _, pid = running
+    # The daemon's raised limit is not the user's.
+    assert open_files_limit(pid) == 777
+
+
+def test_run_starts_in_home_with_the_paths_as_arguments(running, setup, test_user):
+    assert (setup.out / "run.cwd").read_text().strip() == test_user.home
     assert (setup.out / "run.args").read_text().split() == [
         "run", str(setup.sandbox / "fifo"), str(setup.sandbox / "srv"),
         str(setup.sandbox / "conf")]
-    env = env_of(setup.out / "run.env")
+
+
+def test_run_has_a_clean_environment_of_the_users(running, setup, test_user):
+    env = read_kv(setup.out / "run.env")
     # sh adds PWD (and SHLVL, _ in some shells); nothing of the holder's own.
     assert set(env) - {"PWD", "SHLVL", "_", "OLDPWD"} == {
         "HOME", "USER", "LOGNAME", "SHELL", "PATH", "XDG_RUNTIME_DIR"}, env
-    assert env["XDG_RUNTIME_DIR"] == f"/run/user/{u.uid}" and env["USER"] == u.name
+    assert env["XDG_RUNTIME_DIR"] == f"/run/user/{test_user.uid}"
+    assert env["USER"] == test_user.name
 
+
+def test_ready_reports_each_up_line_and_takes_one_argument(running, setup):
+    h, _ = running
     h.send("ready", "the string\nready injected")
     events = h.until("ready-exit")
     assert events == [("up", "a"), ("up", "b"), ("ready-exit", "0")]
     # One packet, one argument: a newline inside it is just a character.
     assert (setup.out / "ready.arg").read_text() == "the string\nready injected"
 
+
+def test_stop_terminates_the_manager_and_gone_comes_last(running, setup, test_user):
+    h, pid = running
     h.send("stop")
     assert h.until("exit") == [("exit", str(128 + signal.SIGTERM))]
     assert (setup.out / "stop.pid").read_text().strip() == str(pid)
-    assert env_of(setup.out / "stop.env")["XDG_RUNTIME_DIR"] == env["XDG_RUNTIME_DIR"]
+    assert read_kv(setup.out / "stop.env")["XDG_RUNTIME_DIR"] == \
+        read_kv(setup.out / "run.env")["XDG_RUNTIME_DIR"]
     assert h.until("gone") == [("gone", "")]
     assert h.wait() == 0
-    assert not procs_of(u.uid)
+    assert not procs_of(test_user.uid)
 
 
-def test_pam_session_lasts_the_managers_life_and_its_environment_wins(setup, holders,
-                                                                       test_user, sandbox):
-    marks = sandbox / "marks"
-    write(sandbox / "mark", f'#!/bin/sh\necho "$PAM_TYPE" >> {marks}\n', 0o755)
+# The stock modules of a distribution's session stack, after those a test adds.
+STOCK_SESSION = ("session optional pam_keyinit.so force revoke\n"
+                 "session optional pam_umask.so usergroups umask=022\n"
+                 "session required pam_limits.so")
+
+
+def test_the_environment_of_the_managers_pam_session_wins(setup, holders, test_user,
+                                                         sandbox):
     write(sandbox / "env.conf", "XDG_RUNTIME_DIR DEFAULT=/elsewhere\nFROM_PAM DEFAULT=yes\n")
     setup.pam(f"session required pam_env.so conffile={sandbox}/env.conf readenv=0\n"
-              f"session optional pam_exec.so {sandbox}/mark\n"
-              "session optional pam_keyinit.so force revoke\n"
-              "session optional pam_umask.so usergroups umask=022\n"
-              "session required pam_limits.so")
+              + STOCK_SESSION)
+    h = setup.start(holders)
+    _manager_execd(h)
+    env = read_kv(setup.out / "run.env")
+    assert env["XDG_RUNTIME_DIR"] == "/elsewhere" and env["FROM_PAM"] == "yes"
+    stop_and_wait(h, test_user)
+
+
+def test_the_managers_pam_session_lasts_until_its_last_process(setup, holders, test_user,
+                                                              sandbox):
+    marks = sandbox / "marks"
+    write(sandbox / "mark", f'#!/bin/sh\necho "$PAM_TYPE" >> {marks}\n', 0o755)
+    setup.pam(f"session optional pam_exec.so {sandbox}/mark\n" + STOCK_SESSION)
     # The manager leaves a grandchild that ignores TERM: the session must
     # stay open until the kill deadline has taken it too.
     setup.manager(f"sh -c 'trap \"\" TERM; touch {setup.out}/trapped; exec sleep 1000' &\n"
                   "exec sleep 1000")
     h = setup.start(holders, stop_timeout=700)
     assert h.event()[0] == "pid"
-    assert wait_for(lambda: (setup.out / "trapped").exists(), 5)
-    env = env_of(setup.out / "run.env")
-    assert env["XDG_RUNTIME_DIR"] == "/elsewhere" and env["FROM_PAM"] == "yes"
+    wait_for(lambda: (setup.out / "trapped").exists(), 5)
     assert marks.read_text().split() == ["open_session"]
     h.send("stop")
     h.until("exit")
@@ -278,7 +176,7 @@ def test_what_ignores_sigterm_is_killed_after_the_stop_timeout(setup, holders, t
     setup.manager(f"trap '' TERM\ntouch {setup.out}/trapped\nwhile :; do sleep 0.1; done")
     h = setup.start(holders, stop_timeout=600)
     assert h.event()[0] == "pid"
-    assert wait_for(lambda: (setup.out / "trapped").exists(), 5)
+    wait_for(lambda: (setup.out / "trapped").exists(), 5)
     t0 = time.monotonic()
     h.send("stop")
     assert h.until("exit", 10) == [("exit", str(128 + signal.SIGKILL))]
@@ -294,7 +192,7 @@ def test_a_daemonised_grandchild_is_gone_when_gone_arrives(setup, holders, test_
                   ">/dev/null 2>&1 &\nexec sleep 1000")
     h = setup.start(holders, stop_timeout=500)
     assert h.event()[0] == "pid"
-    assert wait_for(lambda: any("sleep 1001" in c for _, c in procs_of(test_user.uid)), 5)
+    wait_for(lambda: any("sleep 1001" in c for _, c in procs_of(test_user.uid)), 5)
     h.send("stop")
     h.until("gone")
     assert not procs_of(test_user.uid), procs_of(test_user.uid)
@@ -325,11 +223,19 @@ def test_up_lines_are_bounded_and_a_flood_does_not_grow_the_holder(setup, holder
     assert events[-1] == ("ready-exit", "0")
     # The background writer lost its reader with the report: it is gone,
     # and the holder stayed small.
-    assert wait_for(lambda: not [p for p, c in procs_of(test_user.uid) if "sleep" not in c], 5)
-    rss = int(status_of(h.pid)["VmRSS"].split()[0])
-    assert rss < 8000, rss
-    h.send("ready", "again")  # once only
+    wait_for(lambda: not [p for p, c in procs_of(test_user.uid) if "sleep" not in c], 5)
+    assert rss_kb(h.pid) < 8000
     stop_and_wait(h, test_user)
+
+
+def test_a_second_ready_is_ignored(setup, holders, test_user):
+    h = setup.start(holders)
+    assert h.event()[0] == "pid"
+    h.send("ready", "x")
+    assert h.until("ready-exit")[-1] == ("ready-exit", "0")
+    h.send("ready", "again")
+    events = stop_and_wait(h, test_user)
+    assert not [ev for ev in events if ev[0] in ("up", "ready-exit")], events
     assert "ready ignored" in h.log()
 
 
@@ -365,7 +271,7 @@ def test_end_of_channel_stops_the_manager(setup, holders, test_user):
     assert h.event()[0] == "pid"
     h.sock.shutdown(socket.SHUT_RDWR)
     assert h.wait() == 0
-    assert wait_for(lambda: not procs_of(test_user.uid), 5)
+    wait_gone(test_user.uid, 5)
     assert "turnstiled is gone" in h.log()
 
 
@@ -452,9 +358,7 @@ def test_fuzzed_commands_never_break_the_holder(setup, holders, test_user):
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 def test_a_whole_run_is_valgrind_clean(setup, holders, test_user, sandbox):
-    setup.pam("session optional pam_keyinit.so force revoke\n"
-              "session optional pam_umask.so usergroups umask=022\n"
-              "session required pam_limits.so")
+    setup.pam(STOCK_SESSION)
     vlog = sandbox / "valgrind.log"
     h = setup.start(holders, wrapper=[
         shutil.which("valgrind"), "--error-exitcode=99", "--leak-check=full",

@@ -7,28 +7,14 @@ from __future__ import annotations
 import os
 import signal
 
+from helpers import children_of, procs_of, wait_for, wait_gone
 from pamclient import PamLogin
-from procs import procs_of, wait_for
-from test_admin import ctl
-from test_runit import Services, runsvdirs
+from runit import Services, runsvdirs
 
 
 def holders(daemon_pid: int) -> list[int]:
     """The daemon's children that are holders."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        comm = stat[stat.index(b"(") + 1:stat.rfind(b")")]
-        ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
-        if ppid == daemon_pid and comm.startswith(b"turnstiled-hold"):
-            found.append(int(entry))
-    return found
+    return [pid for pid, comm in children_of(daemon_pid) if comm.startswith("turnstiled-hold")]
 
 
 def services(user) -> Services:
@@ -54,19 +40,20 @@ def test_killed_holder_takes_its_manager_and_a_new_one_starts(daemon, test_user,
 
         os.kill(holder, signal.SIGKILL)
         # Every process of the old manager is gone, the daemonised one too ...
-        assert wait_for(lambda: not old_pids & {p for p, _ in procs_of(test_user.uid)}, 10), \
-            procs_of(test_user.uid)
+        wait_for(lambda: not old_pids & {p for p, _ in procs_of(test_user.uid)}, 10,
+                 what="every process of the old manager to end",
+                 detail=lambda: procs_of(test_user.uid))
         # ... and the user, still logged in, gets a fresh manager, alone.
-        assert wait_for(lambda: (d.user_state(test_user.uid) or {}).get("STATE") == "ready"
-                        and len(runsvdirs(test_user.uid)) == 1, 15)
+        wait_for(lambda: (d.user_state(test_user.uid) or {}).get("STATE") == "ready"
+                 and len(runsvdirs(test_user.uid)) == 1, 15)
         [new_manager] = runsvdirs(test_user.uid)
         assert new_manager != old_manager
         assert sv.sv_status("a").startswith("run:")
         assert "holder of" in d.log() and "died" in d.log()
         assert len(holders(d.pid)) == 1
         pam.close()
-    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
-    assert wait_for(lambda: d.user_state(test_user.uid) is None, 5)
+    wait_gone(test_user.uid, 15)
+    wait_for(lambda: d.user_state(test_user.uid) is None, 5)
 
 
 def test_killed_holder_during_the_stop_delay_ends_the_login(daemon, test_user, pam_module):
@@ -75,15 +62,15 @@ def test_killed_holder_during_the_stop_delay_ends_the_login(daemon, test_user, p
     with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
         pam.open()
         pam.close()
-    assert wait_for(lambda: (d.user_state(test_user.uid) or {}).get("STATE") == "lingering", 5)
+    wait_for(lambda: (d.user_state(test_user.uid) or {}).get("STATE") == "lingering", 5)
     [holder] = holders(d.pid)
     os.kill(holder, signal.SIGKILL)
-    assert wait_for(lambda: not procs_of(test_user.uid), 10), procs_of(test_user.uid)
-    assert wait_for(lambda: d.user_state(test_user.uid) is None, 5)
+    wait_gone(test_user.uid, 10)
+    wait_for(lambda: d.user_state(test_user.uid) is None, 5)
     assert holders(d.pid) == []
     # The daemon still serves: a new login gets a new manager.
     with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
         pam.open()
         assert len(runsvdirs(test_user.uid)) == 1
         pam.close()
-    assert ctl(d, "status").returncode == 0
+    assert d.ctl("status").returncode == 0

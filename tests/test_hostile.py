@@ -3,6 +3,7 @@ processes against the real daemon, while another user logs in."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -10,14 +11,15 @@ import subprocess
 import sys
 import time
 
-from pamclient import PAM_RHOST, PamFailure, PamLogin
-from procs import procs_of, wait_for
-from test_runit import Services
+import pytest
+from helpers import PAM_RHOST, fds_of, mounts, open_files_limit, rss_kb, wait_for, wait_gone
+from pamclient import PamFailure, PamLogin
+from runit import Services
+from users import setpriv
 
 
 def as_user(user, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}",
-                           "--init-groups", *argv], capture_output=True, text=True,
+    return subprocess.run(setpriv(user, *argv), capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -43,7 +45,8 @@ def test_a_runtime_dir_planted_by_another_user_is_not_adopted(daemon, test_users
         assert "not adopted, replaced" in d.log()
         pam.close()
     # What the attacker planted is gone too (removed off the loop).
-    assert wait_for(lambda: [n for n in os.listdir(shared)] == [], 5), os.listdir(shared)
+    wait_for(lambda: not os.listdir(shared), 5, what="the planted dir to go",
+             detail=lambda: os.listdir(shared))
 
 
 def test_an_injected_readiness_line_forges_nothing(daemon, test_users, pam_module):
@@ -67,8 +70,8 @@ def test_an_injected_readiness_line_forges_nothing(daemon, test_users, pam_modul
         except PamFailure:
             assert "the backend's ready exited with status 69" in d.log()
         pam.close()
-    assert wait_for(lambda: not procs_of(user.uid), 15), procs_of(user.uid)
-    assert wait_for(lambda: d.user_state(user.uid) is None, 5)
+    wait_gone(user.uid, 15)
+    wait_for(lambda: d.user_state(user.uid) is None, 5)
     log = d.log()
     assert "Traceback" not in log and "ready ignored" not in log
     assert "a malformed or unknown message" not in log
@@ -89,15 +92,11 @@ def test_a_flood_of_up_lines_does_not_grow_the_daemon(daemon, test_users, pam_mo
     d = daemon(backend="runit", login_timeout=20)
     with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
         pam.open()
-        with open(f"/proc/{d.pid}/status") as f:
-            rss = int(next(line for line in f if line.startswith("VmRSS")).split()[1])
-        assert rss < 100_000, f"daemon RSS {rss} kB"
-        status = subprocess.run([sys.executable, "-m", "turnstiled.ctl", "--admin-socket",
-                                 d.admin_socket_path, "--json", "user-status", user.name],
-                                capture_output=True, text=True, timeout=30).stdout
+        assert rss_kb(d.pid) < 100_000
+        status = d.ctl("--json", "user-status", user.name).stdout
         assert len(status) < 64_000
         pam.close()
-    assert wait_for(lambda: not procs_of(user.uid), 15), procs_of(user.uid)
+    wait_gone(user.uid, 15)
     assert len(d.log()) < 1_000_000
 
 
@@ -134,18 +133,19 @@ def _login_time(d, user) -> float:
     return time.monotonic() - t0
 
 
+def test_the_daemon_raises_its_open_files_limit(daemon):
+    d = daemon()
+    assert open_files_limit(d.pid) >= 4096  # raised, as daemons do
+
+
 def test_a_user_holding_connections_cannot_starve_logins(daemon, test_users, pam_module):
     victim, attacker = test_users[0], test_users[1]
     d = daemon()
-    with open(f"/proc/{d.pid}/limits") as f:
-        soft = int(next(line for line in f if line.startswith("Max open files")).split()[3])
-    assert soft >= 4096, soft  # raised, as daemons do
     holders = []
     try:
         for path in (d.admin_socket_path, d.socket_path):
-            p = subprocess.Popen(["setpriv", f"--reuid={attacker.uid}",
-                                  f"--regid={attacker.gid}", "--init-groups",
-                                  "/usr/bin/python3", "-c", _HOLD_CONNECTIONS, path, "1500"],
+            p = subprocess.Popen(setpriv(attacker, "/usr/bin/python3", "-c", _HOLD_CONNECTIONS,
+                                         path, "1500"),
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             holders.append(p)
         admin_open = int(holders[0].stdout.readline())
@@ -154,7 +154,7 @@ def test_a_user_holding_connections_cannot_starve_logins(daemon, test_users, pam
         # Refused control connections are answered within half a second;
         # what counts is that the daemon holds few descriptors for them.
         assert control_open <= 16, control_open
-        assert len(os.listdir(f"/proc/{d.pid}/fd")) < 64
+        assert len(fds_of(d.pid)) < 64
         assert _login_time(d, victim) < 1.0
     finally:
         for p in holders:
@@ -168,17 +168,16 @@ def test_a_user_holding_connections_cannot_starve_logins(daemon, test_users, pam
 def test_a_client_that_never_reads_is_dropped(daemon, test_users, pam_module):
     victim, attacker = test_users[0], test_users[1]
     d = daemon()
-    flood = subprocess.Popen(
-        ["setpriv", f"--reuid={attacker.uid}", f"--regid={attacker.gid}", "--init-groups",
-         "/usr/bin/python3", "-c",
-         "import socket, sys, time\n"
-         "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(30)\n"
-         "req = b'{\"cmd\": \"list-sessions\"}\\n' * 1000\n"
-         "t0 = time.monotonic()\n"
-         "try:\n"
-         "    while time.monotonic() - t0 < 25: s.sendall(req)\n"
-         "except OSError: print('dropped after %.1f s' % (time.monotonic() - t0))\n",
-         d.admin_socket_path], stdout=subprocess.PIPE, text=True)
+    flood = subprocess.Popen(setpriv(
+        attacker, "/usr/bin/python3", "-c",
+        "import socket, sys, time\n"
+        "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(30)\n"
+        "req = b'{\"cmd\": \"list-sessions\"}\\n' * 1000\n"
+        "t0 = time.monotonic()\n"
+        "try:\n"
+        "    while time.monotonic() - t0 < 25: s.sendall(req)\n"
+        "except OSError: print('dropped after %.1f s' % (time.monotonic() - t0))\n",
+        d.admin_socket_path), stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(1)
         assert _login_time(d, victim) < 1.0
@@ -187,9 +186,7 @@ def test_a_client_that_never_reads_is_dropped(daemon, test_users, pam_module):
         flood.kill()
         flood.wait(5)
     assert out.startswith("dropped after"), out
-    with open(f"/proc/{d.pid}/status") as f:
-        rss = int(next(line for line in f if line.startswith("VmRSS")).split()[1])
-    assert rss < 100_000, rss
+    assert rss_kb(d.pid) < 100_000
 
 
 def _admin(d, line: bytes, user=None) -> dict:
@@ -204,25 +201,34 @@ def _admin(d, line: bytes, user=None) -> dict:
             "sys.stdout.buffer.write(out)\n")
     argv = ["/usr/bin/python3", "-c", code, d.admin_socket_path]
     if user is not None:
-        argv = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", *argv]
+        argv = setpriv(user, *argv)
     out = subprocess.run(argv, input=line, capture_output=True, timeout=30)
     return json.loads(out.stdout)
 
 
-def test_odd_admin_requests_get_clear_errors(daemon, test_users):
+ODD_REQUESTS = {
+    "digit-like-name": (b'{"cmd": "show-user", "args": {"user": "\\u00b2"}}\n', "not-found"),
+    "bool-as-user": (b'{"cmd": "show-user", "args": {"user": true}}\n', "bad-request"),
+    "uid-past-64-bits": (b'{"cmd": "show-user", "args": {"user": 99999999999999999999}}\n',
+                         "not-found"),
+    "negative-uid": (b'{"cmd": "show-user", "args": {"user": -1}}\n', "not-found"),
+    "list-as-session-id": (b'{"cmd": "show-session", "args": {"id": [1]}}\n', "bad-request"),
+    "deep-nesting": (b"[" * 50000 + b"\n", "bad-request"),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_REQUESTS))
+def test_an_odd_admin_request_gets_a_clear_error(case, daemon, test_users):
+    line, status = ODD_REQUESTS[case]
+    d = daemon()
+    reply = _admin(d, line, user=test_users[1])
+    assert reply["ok"] is False and reply["status"] == status, reply
+    assert "Traceback" not in d.log()
+
+
+def test_huge_linger_requests_get_quick_errors(daemon, test_users):
     attacker = test_users[1]
     d = daemon()
-    cases = [
-        (b'{"cmd": "show-user", "args": {"user": "\\u00b2"}}\n', "not-found"),
-        (b'{"cmd": "show-user", "args": {"user": true}}\n', "bad-request"),
-        (b'{"cmd": "show-user", "args": {"user": 99999999999999999999}}\n', "not-found"),
-        (b'{"cmd": "show-user", "args": {"user": -1}}\n', "not-found"),
-        (b'{"cmd": "show-session", "args": {"id": [1]}}\n', "bad-request"),
-        (b"[" * 50000 + b"\n", "bad-request"),
-    ]
-    for line, status in cases:
-        reply = _admin(d, line, user=attacker)
-        assert reply["ok"] is False and reply["status"] == status, (line[:60], reply)
     many = [f"u{i}" for i in range(21000)]
     line = json.dumps({"cmd": "enable-linger", "args": {"users": many}}).encode() + b"\n"
     assert len(line) < 64 * 1024 * 4
@@ -238,15 +244,25 @@ def test_odd_admin_requests_get_clear_errors(daemon, test_users):
     assert "Traceback" not in d.log()
 
 
+@contextlib.contextmanager
+def _tmpfs_run(sandbox, size: str):
+    """SANDBOX/run, a tmpfs of size standing in for /run; unmounted at the
+    end with whatever is mounted below it."""
+    run = sandbox / "run"
+    run.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(run)],
+                   check=True)
+    try:
+        yield run
+    finally:
+        subprocess.run(["umount", "-R", "-l", str(run)], check=False)
+
+
 def test_a_full_run_never_leaves_a_phantom_session(daemon, test_users, sandbox, pam_module):
     """/run is a small tmpfs shared by the state files and everyone's runtime
     dirs: when it is full, a login either completes or leaves nothing."""
     user = test_users[0]
-    run = sandbox / "run"
-    run.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(run)],
-                   check=True)
-    try:
+    with _tmpfs_run(sandbox, "256k") as run:
         d = daemon(state_dir=str(run / "state"), rundir_path=f"{run}/user/%u")
         filler = run / "filler"
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)
@@ -256,7 +272,7 @@ def test_a_full_run_never_leaves_a_phantom_session(daemon, test_users, sandbox, 
             except PamFailure:
                 pass  # no room for the runtime dir: refused, and said why
             pam.close()
-        assert wait_for(lambda: not [e for e in (run / "state" / "sessions").iterdir()], 5)
+        wait_for(lambda: not [e for e in (run / "state" / "sessions").iterdir()], 5)
         assert not list((run / "state" / "users").iterdir())
         reply = _admin(d, b'{"cmd": "list-sessions"}\n')
         assert reply["ok"] and reply["data"] == [], reply
@@ -268,10 +284,8 @@ def test_a_full_run_never_leaves_a_phantom_session(daemon, test_users, sandbox, 
             pam.open()
             assert d.session_ids()
             pam.close()
-        assert wait_for(lambda: not d.session_ids() and d.user_ids() == [], 5)
+        wait_for(lambda: not d.session_ids() and d.user_ids() == [], 5)
         d.stop()
-    finally:
-        subprocess.run(["umount", "-l", str(run)], check=False)
 
 
 def test_control_characters_from_a_login_stay_on_their_line(daemon, test_user, pam_module):
@@ -285,19 +299,30 @@ def test_control_characters_from_a_login_stay_on_their_line(daemon, test_user, p
         state = d.session_state(sid)
         assert state["UID"] == str(test_user.uid)
         assert state["REMOTE_HOST"] == "host\\x0aUID=0\\x0d\\u2028\\x1b[31m"
-        out = subprocess.run([sys.executable, "-m", "turnstiled.ctl", "--admin-socket",
-                              d.admin_socket_path, "show-session", sid],
-                             capture_output=True, text=True, timeout=30).stdout
+        out = d.ctl("show-session", sid).stdout
         assert "\x1b" not in out and "\r" not in out and "\u2028" not in out
         pam.close()
     assert "\x1b" not in d.log()
 
 
-def test_update_runit_env_as_root_follows_no_planted_symlink(test_users, sandbox):
-    attacker = test_users[1]
+def _update_runit_env(env_dir, assignment: str) -> subprocess.CompletedProcess:
+    """turnstile-update-runit-env as root on env_dir."""
+    return subprocess.run([sys.executable, "-m", "turnstiled.update_runit_env", "-d",
+                           str(env_dir), assignment], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def attackers_env_dir(test_users, sandbox):
+    """SANDBOX/env, owned by test_users[1]."""
     env_dir = sandbox / "env"
     env_dir.mkdir()
-    os.chown(env_dir, attacker.uid, attacker.gid)
+    os.chown(env_dir, test_users[1].uid, test_users[1].gid)
+    return env_dir
+
+
+def test_update_runit_env_as_root_follows_no_planted_symlink(test_users, sandbox,
+                                                             attackers_env_dir):
+    attacker, env_dir = test_users[1], attackers_env_dir
     target = sandbox / "precious"
     target.write_text("root's\n")
     # Every name a writer might pick for its temporary file, and the file
@@ -305,55 +330,59 @@ def test_update_runit_env_as_root_follows_no_planted_symlink(test_users, sandbox
     for name in (".FOO.tmp", "FOO"):
         out = as_user(attacker, "ln", "-s", str(target), str(env_dir / name))
         assert out.returncode == 0, out.stderr
-    res = subprocess.run([sys.executable, "-m", "turnstiled.update_runit_env", "-d",
-                          str(env_dir), "FOO=bar"], capture_output=True, text=True, timeout=30)
+    res = _update_runit_env(env_dir, "FOO=bar")
     assert res.returncode == 0, res.stderr
     assert target.read_text() == "root's\n"
     assert (env_dir / "FOO").read_text() == "bar\n" and not (env_dir / "FOO").is_symlink()
-    # A symlinked env dir itself is refused.
+
+
+def test_update_runit_env_refuses_a_symlinked_env_dir(sandbox, attackers_env_dir):
+    (attackers_env_dir / "FOO").write_text("bar\n")
     link = sandbox / "env-link"
-    os.symlink(env_dir, link)
-    res = subprocess.run([sys.executable, "-m", "turnstiled.update_runit_env", "-d",
-                          str(link), "FOO=baz"], capture_output=True, text=True, timeout=30)
-    assert res.returncode == 1 and (env_dir / "FOO").read_text() == "bar\n"
+    os.symlink(attackers_env_dir, link)
+    res = _update_runit_env(link, "FOO=baz")
+    assert res.returncode == 1 and (attackers_env_dir / "FOO").read_text() == "bar\n"
 
 
-def test_a_user_filling_their_runtime_dir_fills_only_their_own(daemon, test_users, sandbox,
-                                                               pam_module):
-    """Runtime dirs are tmpfs mounts of rundir_size each: /run (here a small
-    tmpfs holding the state files too) keeps its room."""
-    user, other = test_users[0], test_users[1]
-    run = sandbox / "run"
-    run.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(run)],
-                   check=True)
-    try:
+@pytest.fixture
+def sized_rundirs(daemon, sandbox, pam_module):
+    """A daemon whose runtime dirs are tmpfs mounts of 256k each, on a 1 MB
+    tmpfs standing in for /run that holds its state files too."""
+    with _tmpfs_run(sandbox, "1m") as run:
         d = daemon(state_dir=str(run / "state"), rundir_path=f"{run}/user/%u",
                    rundir_size="256k")
-        path = d.rundir(user.uid)
-        with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
-            pam.open()
-            with open("/proc/self/mountinfo") as f:
-                mounts = [line.split() for line in f]
-            [mount] = [m for m in mounts if m[4] == path]
-            assert mount[mount.index("-") + 1] == "tmpfs" and "nosuid" in mount[5]
-            st = os.stat(path)
-            assert st.st_uid == user.uid and stat.S_IMODE(st.st_mode) == 0o700
-            fill = as_user(user, "dd", "if=/dev/zero", f"of={path}/fill", "bs=4k")
-            assert "No space left" in fill.stderr
-            assert os.path.getsize(f"{path}/fill") <= 256 * 1024
-            # Everyone else, and the user's next session, still have room.
-            with PamLogin(d.login_service(), other.name, d.service_dir) as pam2:
-                pam2.open()
-                assert d.session_state(d.session_ids()[-1]) is not None
-                pam2.close()
-            pam.close()
-        assert wait_for(lambda: not os.path.exists(path), 5)
-        with open("/proc/self/mountinfo") as f:
-            assert path not in f.read()
+        yield d
         d.stop()
-    finally:
-        subprocess.run(["umount", "-R", "-l", str(run)], check=False)
+
+
+def test_a_runtime_dir_is_a_private_tmpfs_mount_gone_at_logout(sized_rundirs, test_user):
+    d = sized_rundirs
+    path = d.rundir(test_user.uid)
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        pam.open()
+        [mount] = [m for m in mounts() if m[4] == path]
+        assert mount[mount.index("-") + 1] == "tmpfs" and "nosuid" in mount[5]
+        st = os.stat(path)
+        assert st.st_uid == test_user.uid and stat.S_IMODE(st.st_mode) == 0o700
+        pam.close()
+    wait_for(lambda: not os.path.exists(path), 5)
+    assert not [m for m in mounts() if path in m[4]]
+
+
+def test_a_user_filling_their_runtime_dir_fills_only_their_own(sized_rundirs, test_users):
+    """/run keeps its room for everyone else's sessions."""
+    d, user, other = sized_rundirs, test_users[0], test_users[1]
+    path = d.rundir(user.uid)
+    with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
+        pam.open()
+        fill = as_user(user, "dd", "if=/dev/zero", f"of={path}/fill", "bs=4k")
+        assert "No space left" in fill.stderr
+        assert os.path.getsize(f"{path}/fill") <= 256 * 1024
+        with PamLogin(d.login_service(), other.name, d.service_dir) as pam2:
+            pam2.open()
+            assert d.session_state(d.session_ids()[-1]) is not None
+            pam2.close()
+        pam.close()
 
 
 def test_removing_100k_files_of_a_runtime_dir_stalls_no_one(daemon, test_users, pam_module):
@@ -378,5 +407,5 @@ def test_removing_100k_files_of_a_runtime_dir_stalls_no_one(daemon, test_users, 
     while time.monotonic() < t_end:  # logins while the removal runs
         times.append(_login_time(d, other))
     assert max(times) < 0.5, times
-    assert wait_for(lambda: not os.path.exists(path) and not [
+    wait_for(lambda: not os.path.exists(path) and not [
         n for n in os.listdir(os.path.dirname(path)) if ".removing." in n], 60)

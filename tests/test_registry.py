@@ -9,6 +9,7 @@ import asyncio
 import os
 
 import pytest
+from helpers import read_kv
 
 from turnstiled.config import Config
 from turnstiled.manager import ReadyReport
@@ -104,11 +105,8 @@ class Harness:
         return "ended" if login is None else login.public_state
 
     def published(self) -> str | None:
-        try:
-            text = (self.state_dir / "users" / str(USER.uid)).read_text()
-        except FileNotFoundError:
-            return None
-        return dict(line.split("=", 1) for line in text.splitlines())["STATE"]
+        state = read_kv(self.state_dir / "users" / str(USER.uid))
+        return None if state is None else state["STATE"]
 
     def open(self):
         return self.reg.open_session(USER, FACTS, 1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,56 +12,10 @@ import time
 
 import pytest
 from burst import OK, Burst, tally
+from helpers import PAM_SESSION_ERR, procs_of, read_kv, status_of, wait_for, wait_gone
 from pamclient import PamFailure, PamLogin
-from procs import procs_of, wait_for
-
-PAM_SESSION_ERR = 14
-
-
-def runsvdirs(uid: int) -> list[int]:
-    return [pid for pid, cmd in procs_of(uid) if cmd.startswith("runsvdir ")]
-
-
-def status_ids(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/status") as f:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-
-
-class Services:
-    """A test user's ~/.config/service, written as that user would."""
-
-    def __init__(self, user) -> None:
-        self.user = user
-        self.dir = os.path.join(user.home, ".config", "service")
-        shutil.rmtree(os.path.join(user.home, ".config"), ignore_errors=True)
-        os.makedirs(self.dir)
-
-    def add(self, name: str, run: str, check: str | None = None, down: bool = False) -> str:
-        d = os.path.join(self.dir, name)
-        os.makedirs(d, exist_ok=True)
-        for fname, body in (("run", run), ("check", check)):
-            if body is not None:
-                path = os.path.join(d, fname)
-                with open(path, "w") as f:
-                    f.write("#!/bin/sh\n" + body + "\n")
-                os.chmod(path, 0o755)
-        if down:
-            open(os.path.join(d, "down"), "w").close()
-        return d
-
-    def core(self, *names: str) -> None:
-        d = os.path.join(self.dir, "turnstile-ready")
-        os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, "conf"), "w") as f:
-            f.write(f'core_services="{" ".join(names)}"\n')
-
-    def own(self) -> None:
-        subprocess.run(["chown", "-R", f"{self.user.uid}:{self.user.gid}",
-                        os.path.join(self.user.home, ".config")], check=True)
-
-    def sv_status(self, name: str) -> str:
-        return subprocess.run(["sv", "status", os.path.join(self.dir, name)],
-                              capture_output=True, text=True, timeout=10).stdout
+from runit import Services, one_core_service, runsvdirs
+from users import setpriv
 
 
 @pytest.fixture
@@ -108,46 +61,76 @@ def test_login_waits_for_core_services(runit_daemon, test_user, pam_module):
         pam.close()
 
 
-def test_second_login_reuses_manager_and_runs_as_the_user(runit_daemon, test_users,
-                                                          pam_module):
+def _env_service(user) -> Services:
+    """user's services: e, a core service that dumps its environment to
+    e.env in the service dir."""
+    sv = Services(user)
+    sv.add("e", "env > ../e.env\nexec sleep infinity", check="[ -s ../e.env ]")
+    sv.core("e")
+    sv.own()
+    return sv
+
+
+def test_a_second_login_reuses_the_manager(runit_daemon, test_users, pam_module):
+    user = test_users[1]
+    _env_service(user)
+    d = runit_daemon()
+    service = d.login_service()
+    with PamLogin(service, user.name, d.service_dir) as first:
+        first.open()
+        [manager] = runsvdirs(user.uid)
+        t0 = time.monotonic()
+        with PamLogin(service, user.name, d.service_dir) as second:
+            second.open()
+            fast = time.monotonic() - t0
+            assert runsvdirs(user.uid) == [manager]
+            assert fast < 0.5, fast
+            second.close()
+        assert runsvdirs(user.uid) == [manager]  # one session remains
+        first.close()
+
+
+@pytest.fixture
+def extra_group(test_users):
+    """A throwaway group test_users[1] is a member of: its gid."""
     user = test_users[1]
     group = f"tsdg{os.getpid() % 100000}"
     subprocess.run(["groupadd", group], check=True)
     try:
         subprocess.run(["usermod", "-aG", group, user.name], check=True)
-        gid_extra = int(subprocess.run(["getent", "group", group], capture_output=True,
-                                       text=True).stdout.split(":")[2])
-        sv = Services(user)
-        sv.add("e", "env > ../e.env\nexec sleep infinity", check="[ -s ../e.env ]")
-        sv.core("e")
-        sv.own()
-        d = runit_daemon()
-        service = d.login_service()
-        with PamLogin(service, user.name, d.service_dir) as first:
-            first.open()
-            [manager] = runsvdirs(user.uid)
-            t0 = time.monotonic()
-            with PamLogin(service, user.name, d.service_dir) as second:
-                second.open()
-                fast = time.monotonic() - t0
-                assert runsvdirs(user.uid) == [manager]
-                assert fast < 0.5, fast
-                ids = status_ids(manager)
-                assert ids["Uid"].split() == [str(user.uid)] * 4
-                assert ids["Gid"].split() == [str(user.gid)] * 4
-                assert set(map(int, ids["Groups"].split())) == {user.gid, gid_extra}
-                with open(os.path.join(sv.dir, "e.env")) as f:
-                    env = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
-                assert env["XDG_RUNTIME_DIR"] == d.rundir(user.uid)
-                assert env["TURNSTILE_ENV_DIR"] == os.path.join(user.home, ".config",
-                                                                "service-env")
-                assert env["HOME"] == user.home and env["USER"] == user.name
-                second.close()
-            assert runsvdirs(user.uid) == [manager]  # one session remains
-            first.close()
+        yield int(subprocess.run(["getent", "group", group], capture_output=True,
+                                 text=True).stdout.split(":")[2])
     finally:
         subprocess.run(["gpasswd", "-d", user.name, group], capture_output=True)
         subprocess.run(["groupdel", group], check=True)
+
+
+def test_the_manager_runs_as_the_user_with_their_groups(runit_daemon, test_users,
+                                                        pam_module, extra_group):
+    user = test_users[1]
+    _env_service(user)
+    d = runit_daemon()
+    with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
+        pam.open()
+        [manager] = runsvdirs(user.uid)
+        ids = status_of(manager)
+        assert ids["Uid"].split() == [str(user.uid)] * 4
+        assert ids["Gid"].split() == [str(user.gid)] * 4
+        assert set(map(int, ids["Groups"].split())) == {user.gid, extra_group}
+        pam.close()
+
+
+def test_the_users_services_get_the_login_environment(runit_daemon, test_users, pam_module):
+    user = test_users[1]
+    sv = _env_service(user)
+    d = runit_daemon()
+    with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
+        pam.open()
+        env = read_kv(os.path.join(sv.dir, "e.env"))
+        assert env["XDG_RUNTIME_DIR"] == d.rundir(user.uid)
+        assert env["TURNSTILE_ENV_DIR"] == os.path.join(user.home, ".config", "service-env")
+        assert env["HOME"] == user.home and env["USER"] == user.name
+        pam.close()
 
 
 def test_last_logout_stops_everything(runit_daemon, test_user, pam_module):
@@ -162,9 +145,9 @@ def test_last_logout_stops_everything(runit_daemon, test_user, pam_module):
         assert len(procs_of(test_user.uid)) >= 5  # runsvdir, runsv x3, services
         pam.close()
     t0 = time.monotonic()
-    assert wait_for(lambda: not procs_of(test_user.uid), 10), procs_of(test_user.uid)
+    wait_gone(test_user.uid, 10)
     assert time.monotonic() - t0 < 10
-    assert wait_for(lambda: not os.path.exists(d.rundir(test_user.uid)), 5)
+    wait_for(lambda: not os.path.exists(d.rundir(test_user.uid)), 5)
     assert d.user_state(test_user.uid) is None
 
 
@@ -182,7 +165,7 @@ def test_core_service_that_never_comes_up_fails_the_login(runit_daemon, test_use
             pam.open()
         assert pam.code == PAM_SESSION_ERR
     assert time.monotonic() - t0 < 3.0
-    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
+    wait_gone(test_user.uid, 15)
     assert "not ready after login_timeout" in d.log()
     assert "up so far: a" in d.log()
 
@@ -208,39 +191,46 @@ def test_a_stale_run_status_does_not_count_as_up(runit_daemon, test_user, pam_mo
         assert "not ready after login_timeout" in d.log()
     finally:
         os.close(lock)
-    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
+    wait_gone(test_user.uid, 15)
 
 
-def test_killed_manager_is_restarted_then_given_up(runit_daemon, test_user, pam_module):
-    sv = Services(test_user)
-    sv.add("a", "exec sleep infinity")
-    sv.core("a")
-    sv.own()
+def _kill_the_manager(d, user, restarts: bool) -> None:
+    """SIGKILLs user's runsvdir; with restarts, waits for a new one, ready."""
+    [old] = wait_for(lambda: runsvdirs(user.uid), 10)
+    os.kill(old, signal.SIGKILL)
+    if restarts:
+        wait_for(lambda: runsvdirs(user.uid) not in ([], [old])
+                 and d.state_of(user.uid) == "ready", 10, what="a new manager, ready")
+
+
+def test_a_killed_manager_is_restarted_and_logins_go_on(runit_daemon, test_user,
+                                                        pam_module):
+    one_core_service(test_user)
     d = runit_daemon()
     service = d.login_service()
     with PamLogin(service, test_user.name, d.service_dir) as pam:
         pam.open()
-
-        def restarted(old: int) -> bool:
-            new = runsvdirs(test_user.uid)
-            return bool(new) and new != [old] and \
-                d.user_state(test_user.uid)["STATE"] == "ready"
-
-        for round_ in range(6):
-            [old] = wait_for(lambda: runsvdirs(test_user.uid), 10)
-            os.kill(old, signal.SIGKILL)
-            if round_ < 5:
-                assert wait_for(lambda o=old: restarted(o), 10)
-            if round_ == 0:
-                # the next login after a restart succeeds
-                with PamLogin(service, test_user.name, d.service_dir) as again:
-                    again.open()
-                    again.close()
-        assert wait_for(lambda: d.user_state(test_user.uid)["STATE"] == "failed", 10)
-        assert "not restarting" in d.log()
-        assert wait_for(lambda: not runsvdirs(test_user.uid), 10)
+        _kill_the_manager(d, test_user, restarts=True)
+        with PamLogin(service, test_user.name, d.service_dir) as again:
+            again.open()
+            again.close()
         pam.close()
-    assert wait_for(lambda: not procs_of(test_user.uid), 10)
+    wait_gone(test_user.uid, 10)
+
+
+def test_a_manager_killed_six_times_is_given_up(runit_daemon, test_user, pam_module):
+    one_core_service(test_user)
+    d = runit_daemon()
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        pam.open()
+        for _ in range(5):
+            _kill_the_manager(d, test_user, restarts=True)
+        _kill_the_manager(d, test_user, restarts=False)
+        wait_for(lambda: d.state_of(test_user.uid) == "failed", 10)
+        assert "not restarting" in d.log()
+        wait_for(lambda: not runsvdirs(test_user.uid), 10)
+        pam.close()
+    wait_gone(test_user.uid, 10)
 
 
 def test_login_during_stop_gets_a_fresh_manager(runit_daemon, test_user, pam_module):
@@ -255,14 +245,14 @@ def test_login_during_stop_gets_a_fresh_manager(runit_daemon, test_user, pam_mod
         pam.open()
         [old] = runsvdirs(test_user.uid)
         pam.close()
-    assert wait_for(lambda: d.user_state(test_user.uid)["STATE"] == "stopping", 5)
+    wait_for(lambda: d.user_state(test_user.uid)["STATE"] == "stopping", 5)
     with PamLogin(service, test_user.name, d.service_dir) as pam:
         pam.open()
         [new] = runsvdirs(test_user.uid)
         assert new != old
         assert sv.sv_status("slow").startswith("run:")
         pam.close()
-    assert wait_for(lambda: not procs_of(test_user.uid), 15)
+    wait_gone(test_user.uid, 15)
 
 
 def test_update_runit_env_reaches_services(runit_daemon, test_user, pam_module, venv_bin):
@@ -276,17 +266,17 @@ def test_update_runit_env_reaches_services(runit_daemon, test_user, pam_module, 
     with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
         pam.open()
         out = subprocess.run(
-            ["setpriv", f"--reuid={test_user.uid}", f"--regid={test_user.gid}",
-             "--init-groups", "env", f"HOME={test_user.home}",
-             os.path.join(venv_bin, "turnstile-update-runit-env"), "-c", d.config_path,
-             "FOO=bar baz"], capture_output=True, text=True, timeout=30)
+            setpriv(test_user, "env", f"HOME={test_user.home}",
+                    os.path.join(venv_bin, "turnstile-update-runit-env"), "-c",
+                    str(d.config_path), "FOO=bar baz"),
+            capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
         env_file = os.path.join(test_user.home, ".config", "service-env", "FOO")
         assert os.stat(env_file).st_uid == test_user.uid
         subprocess.run(["sv", "up", os.path.join(sv.dir, "uses-env")], check=True,
                        timeout=10, capture_output=True)
         out_file = os.path.join(sv.dir, "foo.out")
-        assert wait_for(lambda: os.path.exists(out_file) and open(out_file).read(), 10)
+        wait_for(lambda: os.path.exists(out_file) and open(out_file).read(), 10)
         assert open(out_file).read().strip() == "FOO=bar baz"
         pam.close()
 
@@ -329,8 +319,8 @@ def test_200_concurrent_cold_logins(runit_daemon, test_users, pam_module):
     finally:
         burst.release()
     for user in users:
-        assert wait_for(lambda u=user: not procs_of(u.uid), 15), procs_of(user.uid)
-        assert wait_for(lambda u=user: d.user_state(u.uid) is None, 5)
+        wait_gone(user.uid, 15)
+        wait_for(lambda u=user: d.user_state(u.uid) is None, 5)
 
 
 def test_first_ever_login_is_not_held_by_runsvdirs_rescan(runit_daemon, test_user,
