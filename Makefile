@@ -1,9 +1,24 @@
 # `make` builds the PAM module, the manager holder and the fd store; `make
 # demo` and `make test` first install what they need (Debian packages and a
 # virtualenv), so both work on a fresh Debian machine as root.
+#
+# `make install` installs like a distribution package: DESTDIR, PREFIX
+# (/usr/local; packagers pass /usr), SYSCONFDIR, LIBEXECDIR, MANDIR, PAMDIR
+# (found: where this system's libpam loads modules from) and PYTHON (the
+# interpreter whose site-packages receive the package). Config and PAM files
+# never replace a changed copy: the new one goes beside it as FILE.new.
+
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+LIBEXECDIR ?= $(PREFIX)/libexec/turnstiled
+MANDIR     ?= $(PREFIX)/share/man
+PAMDIR     ?= $(shell sh scripts/pamdir.sh $(CC))
+PYTHON     ?= python3
+SCDOC      ?= scdoc
 
 VENV    ?= /opt/turnstiled-venv
-PYTHON  := $(VENV)/bin/python
+VPYTHON := $(VENV)/bin/python
 CC      ?= gcc
 CFLAGS  ?= -O2 -g
 PAM_CFLAGS := -std=c11 -fPIC -Wall -Wextra -Werror -D_GNU_SOURCE
@@ -24,19 +39,76 @@ setup:
 	VENV=$(VENV) sh scripts/setup.sh
 
 demo: setup all
-	$(PYTHON) scripts/demo.py
+	$(VPYTHON) scripts/demo.py
 
 test: setup all
 	$(VENV)/bin/ruff check turnstiled tests bench scripts
-	$(PYTHON) -m pytest -q
+	$(VPYTHON) -m pytest -q
 
 bench: setup all
-	$(PYTHON) bench/login.py
-	$(PYTHON) bench/scale.py
-	$(PYTHON) bench/burst.py
-	$(PYTHON) bench/restart.py
+	$(VPYTHON) bench/login.py
+	$(VPYTHON) bench/scale.py
+	$(VPYTHON) bench/burst.py
+	$(VPYTHON) bench/restart.py
+
+MANPAGES := man/turnstiled.8 man/turnstiled.conf.5 man/turnstilectl.1 man/pam_turnstile.8 \
+	man/turnstile-update-runit-env.1
+
+man: $(MANPAGES)
+
+man/%: man/%.scd
+	$(SCDOC) < $< | awk -f scripts/man-tidy.awk > $@
+
+# The installed config points at where the programs went.
+SUBST = sed -e 's|/usr/libexec/turnstiled|$(LIBEXECDIR)|g' -e 's|@BINDIR@|$(BINDIR)|g' \
+	-e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g'
+
+install: all man
+	$(PYTHON) -m pip install -q --root "$(DESTDIR)/" --prefix "$(PREFIX)" --no-deps --ignore-installed \
+		--no-build-isolation --no-warn-script-location --disable-pip-version-check .
+	install -d "$(DESTDIR)$(LIBEXECDIR)" "$(DESTDIR)$(PAMDIR)"
+	install -m 755 backends/runit backends/dinit holder/turnstiled-holder \
+		holder/turnstiled-fdstore "$(DESTDIR)$(LIBEXECDIR)/"
+	install -m 644 pam/pam_turnstile.so "$(DESTDIR)$(PAMDIR)/"
+	for page in $(MANPAGES); do \
+		sect=$${page##*.}; install -d "$(DESTDIR)$(MANDIR)/man$$sect"; \
+		install -m 644 $$page "$(DESTDIR)$(MANDIR)/man$$sect/"; done
+	sh scripts/install-config.sh "$(DESTDIR)" 644 "$(SUBST)" \
+		data/turnstiled.conf $(SYSCONFDIR)/turnstile/turnstiled.conf \
+		backends/runit.conf $(SYSCONFDIR)/turnstile/backend/runit.conf \
+		backends/dinit.conf $(SYSCONFDIR)/turnstile/backend/dinit.conf \
+		data/pam.d/turnstiled $(SYSCONFDIR)/pam.d/turnstiled \
+		data/dinit.d/turnstiled $(SYSCONFDIR)/dinit.d/turnstiled
+	sh scripts/install-config.sh "$(DESTDIR)" 755 "$(SUBST)" \
+		data/sv/turnstiled/run $(SYSCONFDIR)/sv/turnstiled/run \
+		data/sv/turnstiled/log/run $(SYSCONFDIR)/sv/turnstiled/log/run
+
+uninstall:
+	$(PYTHON) scripts/uninstall-python.py "$(DESTDIR)" "$(PREFIX)"
+	rm -f "$(DESTDIR)$(LIBEXECDIR)/runit" "$(DESTDIR)$(LIBEXECDIR)/dinit" \
+		"$(DESTDIR)$(LIBEXECDIR)/turnstiled-holder" "$(DESTDIR)$(LIBEXECDIR)/turnstiled-fdstore" \
+		"$(DESTDIR)$(PAMDIR)/pam_turnstile.so"
+	for page in $(MANPAGES); do rm -f "$(DESTDIR)$(MANDIR)/man$${page##*.}/$${page#man/}"; done
+	sh scripts/install-config.sh --remove "$(DESTDIR)" "$(SUBST)" \
+		data/turnstiled.conf $(SYSCONFDIR)/turnstile/turnstiled.conf \
+		backends/runit.conf $(SYSCONFDIR)/turnstile/backend/runit.conf \
+		backends/dinit.conf $(SYSCONFDIR)/turnstile/backend/dinit.conf \
+		data/pam.d/turnstiled $(SYSCONFDIR)/pam.d/turnstiled \
+		data/dinit.d/turnstiled $(SYSCONFDIR)/dinit.d/turnstiled \
+		data/sv/turnstiled/run $(SYSCONFDIR)/sv/turnstiled/run \
+		data/sv/turnstiled/log/run $(SYSCONFDIR)/sv/turnstiled/log/run
+	-rmdir "$(DESTDIR)$(LIBEXECDIR)" "$(DESTDIR)$(SYSCONFDIR)/turnstile/backend" \
+		"$(DESTDIR)$(SYSCONFDIR)/turnstile" "$(DESTDIR)$(SYSCONFDIR)/sv/turnstiled/log" \
+		"$(DESTDIR)$(SYSCONFDIR)/sv/turnstiled" 2>/dev/null
+	# In a staging tree, the directories install made are removed once
+	# empty too; on the live system they are the system's.
+	if [ -n "$(DESTDIR)" ]; then for d in "$(PREFIX)" "$(SYSCONFDIR)" "$(PAMDIR)"; do \
+		[ ! -d "$(DESTDIR)$$d" ] || find "$(DESTDIR)$$d" -depth -type d -empty -delete; \
+		d=$$(dirname "$$d"); while [ "$$d" != / ]; do \
+			rmdir "$(DESTDIR)$$d" 2>/dev/null || break; d=$$(dirname "$$d"); done; \
+		done; fi
 
 clean:
-	rm -f pam/pam_turnstile.so holder/turnstiled-holder holder/turnstiled-fdstore
+	rm -f pam/pam_turnstile.so holder/turnstiled-holder holder/turnstiled-fdstore $(MANPAGES)
 
-.PHONY: all setup demo test bench clean
+.PHONY: all setup demo test bench man install uninstall clean

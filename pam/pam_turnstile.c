@@ -222,7 +222,7 @@ static int lookup_uid(pam_handle_t *pamh, const char *user, unsigned int *uid)
     }
 }
 
-/* The session facts, following logind's pam_systemd (see PROTOCOL.md). */
+/* The session facts, as logind derives them (man/pam_turnstile.8.scd says how). */
 static int derive_facts(pam_handle_t *pamh, const struct options *opt,
                         struct facts *f)
 {

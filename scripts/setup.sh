@@ -6,7 +6,7 @@ set -eu
 
 VENV=${VENV:-/opt/turnstiled-venv}
 PACKAGES="gcc make libc6-dev libpam0g-dev runit pamtester libpam-wrapper python3 python3-venv
-          dbus-daemon valgrind"
+          dbus-daemon valgrind scdoc mandoc man-db groff-base"
 
 missing=""
 for p in $PACKAGES; do

@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from build import build_module
 from daemon import Daemon, start_daemon
 from fakeserver import FakeServer
 from helpers import REPO_ROOT
 from users import ScratchUser, kill_created_users_processes, scratch_users
+
+from build import build_module
 
 N_TEST_USERS = 4
 N_MANY_USERS = 40

@@ -13,8 +13,9 @@ import socket
 import time
 from pathlib import Path
 
-from build import build_holder
 from helpers import wait_gone
+
+from build import build_holder
 
 GONE_TIMEOUT = 15
 

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import procs_of, wait_for
 from pamclient import PamFailure, PamLogin
-from procs import procs_of, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BACKEND = REPO_ROOT / "backends" / "dinit"

@@ -27,8 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from build import build_fdstore
 from helpers import wait_for
+
+from build import build_fdstore
 
 # The store's limits, as the contract gives them.
 LOG_BURST = 20

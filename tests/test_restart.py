@@ -8,33 +8,23 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 
 import pytest
+from helpers import procs_of, wait_for
 from pamclient import PamFailure, PamLogin
-from procs import procs_of, wait_for
+from runit import Services
 
 
 def runit_services(user, delay: int = 0) -> None:
     """One core service s1; with a delay, its check passes only `delay`
     seconds after it started."""
-    svc = os.path.join(user.home, ".config", "service")
-    subprocess.run(["rm", "-rf", os.path.join(user.home, ".config")], check=True)
-    os.makedirs(f"{svc}/s1")
-    os.makedirs(f"{svc}/turnstile-ready")
-    scripts = {"run": "date +%s > started\nexec sleep infinity\n"}
-    if delay:
-        scripts["check"] = (f"read t < started && [ $(($(date +%s) - t)) -ge {delay} ]\n")
-    for name, body in scripts.items():
-        with open(f"{svc}/s1/{name}", "w") as f:
-            f.write("#!/bin/sh\n" + body)
-        os.chmod(f"{svc}/s1/{name}", 0o755)
-    with open(f"{svc}/turnstile-ready/conf", "w") as f:
-        f.write('core_services="s1"\n')
-    subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}",
-                    os.path.join(user.home, ".config")], check=True)
+    sv = Services(user)
+    check = f"read t < started && [ $(($(date +%s) - t)) -ge {delay} ]" if delay else None
+    sv.add("s1", "date +%s > started\nexec sleep infinity", check)
+    sv.core("s1")
+    sv.own()
     time.sleep(1.1)  # runsvdir's one-second guard on a freshly edited dir
 
 
