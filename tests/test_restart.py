@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+import wire
 from helpers import procs_of, wait_for
 from pamclient import PamFailure, PamLogin
 from runit import Services
@@ -313,3 +314,50 @@ def test_a_manager_that_cannot_be_taken_up_is_stopped(runit, test_user, pam_modu
     assert "not taken up" in d2.log()
     assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
     pam.close()
+
+
+def raw_login(d, user) -> socket.socket:
+    """A client speaking the wire protocol itself, so a test can stop it
+    between any two messages."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(20)
+    sock.connect(d.socket_path)
+    sock.sendall(wire.encode_handshake(wire.Facts(uid=user.uid, vtnr=0, remote=False,
+                                                  service="raw", type="tty", klass="user")))
+    return sock
+
+
+def test_a_client_told_ready_gets_its_environment_from_the_next_daemon(runit, test_user,
+                                                                       pam_module):
+    runit_services(test_user)
+    d = runit()
+    sock = raw_login(d, test_user)
+    msg = sock.recv(1)
+    while msg == bytes([wire.MSG_OK_WAIT]):
+        msg = sock.recv(1)
+    assert msg == bytes([wire.MSG_OK_DONE])
+    kill9(d)  # told ready; REQ_ENV not asked yet
+    d2 = runit()
+    sock.sendall(bytes([wire.MSG_REQ_ENV]))
+    # ENV at once: not a second OK_DONE, which would break the protocol.
+    assert sock.recv(1) == bytes([wire.MSG_ENV])
+    (length,) = wire.UINT.unpack(sock.recv(wire.UINT.size))
+    env = sock.recv(length)
+    assert f"XDG_RUNTIME_DIR={d2.rundir(test_user.uid)}".encode() in env
+    sock.close()
+    wait_for(lambda: d2.user_state(test_user.uid) is None, 15, "the logout")
+
+
+def test_a_client_still_waiting_is_told_ready_by_the_next_daemon(runit, test_user,
+                                                                 pam_module):
+    runit_services(test_user, delay=2)
+    d = runit()
+    sock = raw_login(d, test_user)
+    assert sock.recv(1) == bytes([wire.MSG_OK_WAIT])
+    kill9(d)
+    runit()
+    msg = sock.recv(1)
+    while msg == bytes([wire.MSG_OK_WAIT]):  # the next daemon may say it again
+        msg = sock.recv(1)
+    assert msg == bytes([wire.MSG_OK_DONE])
+    sock.close()

@@ -55,6 +55,8 @@ class Handover:
         self._sent: dict[str, bytes] = {}  # name -> the record the store has
         self._fd_of: dict[str, int] = {}  # name -> id() of the object whose fd it has
         self._retry_at = 0.0
+        # Sessions kept as not yet answered: kept again once they are.
+        self._unanswered: set[str] = set()
 
     def login_changed(self, login: Login) -> None:
         uid = login.user.uid
@@ -69,9 +71,12 @@ class Handover:
                 self._keep(f"fifo:{uid}", {"v": VERSION}, m, m.fifo_fd)
             else:
                 self._drop(f"fifo:{uid}")
-        for s in login.sessions.values():
+        for sid in [sid for sid in login.sessions if sid in self._unanswered]:
             # Sessions answered since they were kept: before OK_DONE leaves.
-            self._keep(f"session:{s.id}", _session_record(s), s, s.fd)
+            s = login.sessions[sid]
+            if s.outcome.done():
+                self._unanswered.discard(sid)
+                self._keep(f"session:{sid}", _session_record(s), s, s.fd)
 
     def login_ended(self, login: Login) -> None:
         uid = login.user.uid
@@ -79,17 +84,23 @@ class Handover:
             self._drop(name)
 
     def session_opened(self, session: Session) -> None:
+        if not session.outcome.done():
+            self._unanswered.add(session.id)
         self._keep(f"session:{session.id}", _session_record(session), session, session.fd)
 
     def session_closed(self, session: Session) -> None:
+        self._unanswered.discard(session.id)
         self._drop(f"session:{session.id}")
 
     def seed(self, entries: list[Entry], owners: dict[str, object]) -> None:
         """What the store already has (adopted entries), so it is not sent again."""
         for e in entries:
             self._sent[e.name] = e.data
-            if e.name in owners:
-                self._fd_of[e.name] = id(owners[e.name])
+            owner = owners.get(e.name)
+            if owner is not None:
+                self._fd_of[e.name] = id(owner)
+            if isinstance(owner, Session) and not owner.outcome.done():
+                self._unanswered.add(owner.id)
 
     def _store_up(self) -> bool:
         """Whether the store takes messages. One that died (its copies are
