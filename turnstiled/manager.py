@@ -61,6 +61,9 @@ class ManagerPhase(enum.StrEnum):
 
 
 class ManagerEvents(Protocol):
+    """What the owner (the registry) hears, and the one thing it does for a
+    manager: removing its retired state dir where shutdown waits for it."""
+    def remove_in_background(self, path: str) -> None: ...
     def manager_progressed(self, manager: Manager) -> None: ...
     def manager_ready(self, manager: Manager, report: ReadyReport) -> None: ...
     def manager_failed(self, manager: Manager, reason: str) -> None: ...
@@ -380,7 +383,7 @@ class Manager:
             log.error("cannot remove %s: %s", self._dir, err.strerror)
             dead = None
         if dead is not None:
-            self._cleanup = asyncio.get_running_loop().run_in_executor(None, remove_tree, dead)
+            self.events.remove_in_background(dead)
         self._set_phase(ManagerPhase.GONE)
         self.pid = None
         self.events.manager_gone(self, self._status)

@@ -293,7 +293,7 @@ class Registry:
             if stale is not None:
                 log.warning("%s was there before %s's login: not adopted, replaced", path,
                             user.name)
-                self._remove_in_background(stale)
+                self.remove_in_background(stale)
         login = Login(user, path, self.config.manage_rundir)
         self.logins[user.uid] = login
         self._emptied.clear()
@@ -398,9 +398,11 @@ class Registry:
             log.error("cannot remove the runtime directory %s: %s", path, err.strerror)
             return
         if dead is not None:
-            self._remove_in_background(dead)
+            self.remove_in_background(dead)
 
-    def _remove_in_background(self, path: str) -> None:
+    def remove_in_background(self, path: str) -> None:
+        """Removes a retired tree (rundir.retire) off the loop; shutdown and
+        let_go wait for it."""
         task = asyncio.get_running_loop().run_in_executor(None, rundir.remove, path)
         self._removals.add(task)
         task.add_done_callback(self._removals.discard)
