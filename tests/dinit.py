@@ -24,8 +24,6 @@ DINIT_ENV = "TURNSTILED_TEST_DINIT"
 # An optional real dinit older than 0.17, for the version error.
 DINIT_OLD_ENV = "TURNSTILED_TEST_DINIT_OLD"
 MIN_VERSION = (0, 17, 0)
-# The holder's PATH for the backend (DEFAULT_PATH in holder/turnstiled-holder.c).
-HOLDER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 
 
 def write_script(path: Path, body: str) -> Path:

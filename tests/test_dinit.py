@@ -3,8 +3,9 @@ users, the real libpam loading pam_turnstile.so, the real daemon.
 
 The dinit is the one named by $TURNSTILED_TEST_DINIT, else the one on the
 test runner's PATH (tests/dinit.py), copied with dinitctl and dinit-monitor
-into the sandbox and named as the backend config's dinit_path. Without a
-dinit these tests skip with the reason.
+into the sandbox and named as the backend config's dinit_path: what else
+the machine has on its PATH is not used. Without a dinit these tests skip
+with the reason.
 
 The backend's `run` and `ready` alone, against stand-ins: test_dinit_run.py
 and test_dinit_ready.py.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
 import subprocess
 import time
@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 from dinit import (
     DINIT_OLD_ENV,
-    HOLDER_PATH,
     MIN_VERSION,
     DinitSetup,
     UserDinit,
     dinits,
     dotted,
     fake_dinit,
+    fake_monitor,
     find_real_dinit,
     install_dinit,
     version_of,
@@ -285,11 +285,15 @@ def test_graphical_target_starts_when_a_display_appears(dinit_setup, test_user):
     wait_gone(test_user.uid, 10)
 
 
-def test_without_dinit_monitor_the_login_works(daemon, sandbox, real_dinit, pam_module,
-                                               test_user):
-    if shutil.which("dinit-monitor", path=HOLDER_PATH) is not None:
-        pytest.skip("a dinit-monitor is on the default PATH; cannot test without one")
-    setup = DinitSetup(daemon, install_dinit(real_dinit, sandbox / "dinit-bin", monitor=False))
+def test_with_the_graphical_target_left_out_the_login_works(daemon, sandbox, real_dinit,
+                                                            pam_module, test_user):
+    """The real dinit beside a stand-in dinit-monitor without -E
+    (fake_monitor): the backend leaves graphical.target out, as it does
+    without any dinit-monitor. The stand-in, searched first, keeps a
+    dinit-monitor elsewhere on the machine's PATH out of the test."""
+    bindir = install_dinit(real_dinit, sandbox / "dinit-bin", monitor=False)
+    fake_monitor(bindir, env=False)
+    setup = DinitSetup(daemon, bindir)
     u = UserDinit(test_user)
     u.add("a", "type = process", "command = /bin/sleep 1000", boot=True)
     u.own()
@@ -299,6 +303,7 @@ def test_without_dinit_monitor_the_login_works(daemon, sandbox, real_dinit, pam_
         assert setup.state(test_user, "a") == "STARTED"
         srvdir = Path(d.state_dir) / "managers" / str(test_user.uid) / "srv"
         assert not (srvdir / "graphical.target").exists()
+        assert f"graphical.target left out: {bindir}/dinit-monitor has no -E" in d.log()
         pam.close()
     wait_gone(test_user.uid, 10)
 

@@ -1,57 +1,111 @@
 """The dinit backend's `run` (and its usage and `stop`) alone, against
 stand-ins for dinit, dinitctl and dinit-monitor (tests/dinit.py's
 fake_dinit, named in each test's docstring).
+
+`run` sources /etc/profile, which may reset PATH, and looks for dinit and
+dinit-monitor on that PATH and the login's: a dinit of the machine's would
+be found and run. So each run here has a mount namespace of its own in
+which /etc/profile is the test's: it sets PATH to a directory of the few
+tools the backend and the stand-ins call (TOOLS), and the login's PATH is
+that directory too unless a test says otherwise.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from dinit import BACKEND, BACKEND_CONF, HOLDER_PATH, fake_dinit, write_script
+from dinit import BACKEND, BACKEND_CONF, fake_dinit, write_script
 from helpers import parse_kv
+
+# The programs the backend's `run` and the stand-ins call by name (all else
+# they use is built into sh): the only ones on a run's PATH.
+TOOLS = ("env", "mkdir", "touch")
+
+
+def in_own_profile(profile: Path, argv: list[str]) -> list[str]:
+    """argv, run in a new mount namespace where profile is /etc/profile (as
+    root; otherwise in a new user namespace too, as its root)."""
+    unshare, mount = shutil.which("unshare"), shutil.which("mount")
+    if unshare is None or mount is None:
+        pytest.skip("needs unshare and mount (util-linux) to give the backend an /etc/profile")
+    user = [] if os.geteuid() == 0 else ["--map-root-user"]
+    return [unshare, "--mount", "--propagation", "private", *user, "/bin/sh", "-c",
+            '"$1" --bind "$2" /etc/profile && shift 2 && exec "$@"', "sh", mount, str(profile),
+            *argv]
+
+
+@functools.cache
+def own_profile_problem() -> str:
+    """Why in_own_profile cannot work here ("" when it can)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".profile") as profile:
+        profile.write("PROFILE=ours\n")
+        profile.flush()
+        try:
+            res = subprocess.run(in_own_profile(Path(profile.name), [
+                "/bin/sh", "-c", '. /etc/profile && [ "$PROFILE" = ours ]']),
+                capture_output=True, text=True, timeout=30)
+        except OSError as err:
+            return str(err)
+    return "" if res.returncode == 0 else res.stderr.strip() or f"exit {res.returncode}"
 
 
 class Run:
-    """One `backends/dinit run` in a scratch home, fifo, srvdir and confdir."""
+    """One `backends/dinit run` in a scratch home, fifo, srvdir and confdir,
+    under an /etc/profile of its own (in_own_profile) that sets PATH to
+    tools, a directory holding TOOLS alone."""
 
     def __init__(self, root: Path) -> None:
+        problem = own_profile_problem()
+        if problem:
+            pytest.skip(f"cannot give the backend an /etc/profile of the test's own: {problem}")
         self.root = root
         self.home = root / "home"
         self.rundir = root / "run"
         self.srvdir = root / "srv"
         self.confdir = root / "conf"
         self.out = root / "out"
+        self.tools = root / "tools"
         self.fifo = root / "ready"
-        for p in (self.home, self.rundir, self.srvdir, self.confdir, self.out):
+        for p in (self.home, self.rundir, self.srvdir, self.confdir, self.out, self.tools):
             p.mkdir()
+        for tool in TOOLS:
+            found = shutil.which(tool)
+            assert found is not None, f"no {tool} on the test runner's PATH"
+            (self.tools / tool).symlink_to(found)
+        self.profile = root / "profile"
+        self.profile.write_text(f"PATH={self.tools}\nexport PATH\n")
         os.mkfifo(self.fifo)
         self.conf_lines: list[str] = []
 
     def conf(self, *lines: str) -> None:
         self.conf_lines += lines
 
-    def __call__(self, *args: str, path: str = "/usr/bin:/bin", env: dict | None = None,
+    def __call__(self, *args: str, path: str | None = None, env: dict | None = None,
                  ) -> tuple[subprocess.CompletedProcess, bytes]:
         """The backend with args (by default `run FIFO SRVDIR CONFDIR`), the
-        login's PATH path: its outcome and what the fifo got."""
+        login's PATH path (by default tools): its outcome and what the fifo
+        got."""
         (self.confdir / "dinit.conf").write_text(
             BACKEND_CONF.read_text() + "".join(ln + "\n" for ln in self.conf_lines))
         argv = list(args) or ["run", str(self.fifo), str(self.srvdir), str(self.confdir)]
-        full_env = {"HOME": str(self.home), "PATH": path,
+        full_env = {"HOME": str(self.home), "PATH": path or str(self.tools),
                     "XDG_RUNTIME_DIR": str(self.rundir), "USER": "nobody", "LOGNAME": "nobody",
                     "SHELL": "/bin/sh"}
         full_env.update(env or {})
         # The daemon's side: a non-blocking reader, open before the backend runs.
         fd = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)
         try:
-            proc = subprocess.Popen([str(BACKEND), *argv], env=full_env, cwd=self.home,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(in_own_profile(self.profile, [str(BACKEND), *argv]),
+                                    env=full_env, cwd=self.home, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
             try:
                 out, err = proc.communicate(timeout=30)
             except subprocess.TimeoutExpired:
@@ -165,17 +219,16 @@ def test_run_without_a_runtime_dir_uses_the_home_socket(run):
 
 
 def test_run_finds_dinit_on_the_login_path(run):
-    """Stand-in dinit (fake_dinit). /etc/profile may reset PATH; the login's
-    PATH is searched too."""
+    """Stand-in dinit (fake_dinit), on the login's PATH only: the
+    /etc/profile here resets PATH to the tools."""
     bindir = fake_dinit(run.root / "bin", run.out)
-    res, ready = run(path=f"{bindir}:/usr/bin:/bin")
+    res, ready = run(path=f"{bindir}:{run.tools}")
     assert res.returncode == 0, res.stderr
     assert ready.startswith(f"{bindir}/dinitctl\n".encode())
+    assert run.env()["PATH"] == str(run.tools), "the profile's PATH, without the stand-ins"
 
 
 def test_run_reports_a_missing_dinit(run):
-    if shutil.which("dinit", path=HOLDER_PATH):
-        pytest.skip("a dinit is on the default PATH")
     res, ready = run()
     assert res.returncode == 69
     assert "dinit not found" in res.stderr and "dinit_path" in res.stderr
@@ -251,8 +304,6 @@ def test_run_asks_again_when_a_programs_mtime_changes(run):
 
 def test_run_without_dinit_monitor_leaves_graphical_out(run):
     """Stand-in dinit without a dinit-monitor (fake_dinit)."""
-    if shutil.which("dinit-monitor", path=HOLDER_PATH):
-        pytest.skip("a dinit-monitor is on the default PATH")
     bindir = fake_dinit(run.root / "bin", run.out, monitor=None)
     run.conf(f"dinit_path={bindir}")
     res, _ = run()
