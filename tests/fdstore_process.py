@@ -21,7 +21,7 @@ import socket
 import time
 from pathlib import Path
 
-from helpers import wait_for
+from helpers import fds_of, wait_for
 
 from build import build_fdstore
 
@@ -29,7 +29,6 @@ from build import build_fdstore
 LOG_BURST = 20
 RESERVED_FDS = 8
 REPLAY_TIMEOUT = 10.0
-O_CLOEXEC = 0o2000000
 LONG = 60000  # ms: an adoption timeout no test waits for
 
 
@@ -79,11 +78,30 @@ class Store:
         return self.log_path.read_text(errors="replace")
 
     def fds(self) -> list[int]:
-        return sorted(int(n) for n in os.listdir(f"/proc/{self.pid}/fd"))
+        return sorted(fds_of(self.pid))
 
-    def connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    def wait_fds(self, count: int, what: str) -> None:
+        """Waits until the store has count fds open."""
+        wait_for(lambda: len(self.fds()) == count, 5, what=what, detail=self.fds)
+
+    def held_pipe(self, sock: Connection, name: bytes) -> int:
+        """sock.keep_pipe(name), returned once the store holds the pipe's
+        write end (it has one more fd open)."""
+        before = len(self.fds())
+        r = sock.keep_pipe(name)
+        self.wait_fds(before + 1, f"the store to hold {name!r}")
+        return r
+
+    def connect(self) -> Connection:
+        sock = Connection(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.connect(self.path)
+        return sock
+
+    def connect_first(self, timeout: float = 5) -> Connection:
+        """The connection of a daemon that finds no entries (it checks there
+        are none and takes the end)."""
+        sock = self.connect()
+        assert sock.adopt(timeout) == []
         return sock
 
     def kill(self) -> None:
@@ -92,36 +110,45 @@ class Store:
             self.wait()
 
 
+class Connection(socket.socket):
+    """A connection to the store, the daemon's side: the protocol's packets
+    as methods."""
 
-def send(sock: socket.socket, packet: bytes, fds: list[int] = ()) -> None:
-    if fds:
-        socket.send_fds(sock, [packet], list(fds))
-    else:
-        sock.send(packet)
+    def send_packet(self, packet: bytes, fds: list[int] = ()) -> None:
+        if fds:
+            socket.send_fds(self, [packet], list(fds))
+        else:
+            self.send(packet)
 
+    def keep(self, name: bytes, data: bytes = b"", fd: int | None = None) -> None:
+        self.send_packet(b"keep\0" + name + b"\0" + data, [] if fd is None else [fd])
 
-def keep(sock: socket.socket, name: bytes, data: bytes = b"", fd: int | None = None) -> None:
-    send(sock, b"keep\0" + name + b"\0" + data, [] if fd is None else [fd])
+    def keep_pipe(self, name: bytes, data: bytes = b"") -> int:
+        """Has the store keep the write end of a new pipe as NAME, closing
+        ours; returns the read end (pipe_for_store's)."""
+        r, w = pipe_for_store()
+        self.keep(name, data, w)
+        os.close(w)
+        return r
 
-
-def adopt(sock: socket.socket, timeout: float = 5) -> list[tuple[bytes, bytes, int | None]]:
-    """Every entry packet up to end, checked: (NAME, DATA, fd or None)."""
-    entries = []
-    deadline = time.monotonic() + timeout
-    while True:
-        ready, _, _ = select.select([sock], [], [], max(0, deadline - time.monotonic()))
-        assert ready, f"no end within {timeout} s after {len(entries)} entries"
-        msg, fds, flags, _ = socket.recv_fds(sock, 70000, 8, socket.MSG_CMSG_CLOEXEC)
-        assert not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
-        assert msg, f"the store hung up after {len(entries)} entries"
-        verb, *fields = msg.split(b"\0")
-        if verb == b"end":
-            assert fields == [str(len(entries)).encode()]
-            assert not fds
-            return entries
-        assert verb == b"entry" and len(fields) == 2, msg[:100]
-        assert len(fds) <= 1
-        entries.append((fields[0], fields[1], fds[0] if fds else None))
+    def adopt(self, timeout: float = 5) -> list[tuple[bytes, bytes, int | None]]:
+        """Every entry packet up to end, checked: (NAME, DATA, fd or None)."""
+        entries = []
+        deadline = time.monotonic() + timeout
+        while True:
+            ready, _, _ = select.select([self], [], [], max(0, deadline - time.monotonic()))
+            assert ready, f"no end within {timeout} s after {len(entries)} entries"
+            msg, fds, flags, _ = socket.recv_fds(self, 70000, 8, socket.MSG_CMSG_CLOEXEC)
+            assert not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
+            assert msg, f"the store hung up after {len(entries)} entries"
+            verb, *fields = msg.split(b"\0")
+            if verb == b"end":
+                assert fields == [str(len(entries)).encode()]
+                assert not fds
+                return entries
+            assert verb == b"entry" and len(fields) == 2, msg[:100]
+            assert len(fds) <= 1
+            entries.append((fields[0], fields[1], fds[0] if fds else None))
 
 
 def close_all(entries) -> None:
@@ -156,18 +183,3 @@ def same_pipe(fd: int, r: int) -> bool:
     os.write(fd, b"ping")
     ready, _, _ = select.select([r], [], [], 5)
     return bool(ready) and os.read(r, 16) == b"ping"
-
-
-def kept_with(store: Store, sock: socket.socket, *pipes: tuple[bytes, int]) -> None:
-    """Has the store keep each (NAME, write end) given, closing ours."""
-    for name, w in pipes:
-        keep(sock, name, b"", w)
-        os.close(w)
-
-
-def cloexec(pid: int, fd: int) -> bool:
-    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-        for line in f:
-            if line.startswith("flags:"):
-                return bool(int(line.split()[1], 8) & O_CLOEXEC)
-    raise AssertionError(f"no flags for fd {fd}")

@@ -14,46 +14,35 @@ import sys
 import time
 
 import pytest
-from fdstore_process import (
-    adopt,
-    at_eof,
-    close_all,
-    keep,
-    kept_with,
-    pipe_for_store,
-    same_pipe,
-    send,
-)
-from helpers import wait_for
+from fdstore_process import at_eof, close_all, pipe_for_store, same_pipe
 
 # -- keep, drop, order
 
 
 def test_keep_replace_drop_and_order(stores):
     store = stores()
-    a = store.connect()
-    assert adopt(a) == []
+    a = store.connect_first()
     ra, wa = pipe_for_store()
     rb, wb = pipe_for_store()
     rc, wc = pipe_for_store()
-    keep(a, b"a", b"first", wa)
-    keep(a, b"b", b"", wb)
-    keep(a, b"nofd", b"plain")
-    keep(a, b"c", b"x", wc)
+    a.keep(b"a", b"first", wa)
+    a.keep(b"b", b"", wb)
+    a.keep(b"nofd", b"plain")
+    a.keep(b"c", b"x", wc)
     for w in (wa, wb, wc):
         os.close(w)
     ra2, wa2 = pipe_for_store()
-    keep(a, b"a", b"second", wa2)     # new fd: the old one is closed, the place kept
+    a.keep(b"a", b"second", wa2)         # new fd: the old one is closed, the place kept
     os.close(wa2)
-    keep(a, b"b", b"new data")        # no fd: b keeps its fd
-    send(a, b"drop\0c")               # closed and forgotten
-    send(a, b"drop\0unknown")         # nothing to do, nothing said
-    keep(a, b"c", b"again")           # back, at the end, without an fd
+    a.keep(b"b", b"new data")            # no fd: b keeps its fd
+    a.send_packet(b"drop\0c")            # closed and forgotten
+    a.send_packet(b"drop\0unknown")      # nothing to do, nothing said
+    a.keep(b"c", b"again")               # back, at the end, without an fd
     assert at_eof(ra), "the replaced fd is closed"
     assert at_eof(rc), "the dropped entry's fd is closed"
 
     b = store.connect()
-    entries = adopt(b)
+    entries = b.adopt()
     assert [(n, d) for n, d, _ in entries] == [
         (b"a", b"second"), (b"b", b"new data"), (b"nofd", b"plain"), (b"c", b"again")]
     fds = {n: fd for n, _, fd in entries}
@@ -67,21 +56,20 @@ def test_keep_replace_drop_and_order(stores):
 
 def test_entries_come_back_intact_on_every_connection(stores):
     store = stores()
-    sock = store.connect()
-    assert adopt(sock) == []
+    sock = store.connect_first()
     r, w = pipe_for_store()
     every_byte = bytes(range(1, 256))
     longest = b"n" * 64
     biggest = b"d" * (65535 - len(b"keep\0") - len(longest) - 1)  # its entry is 65536 bytes
-    keep(sock, b"bytes", every_byte, w)
+    sock.keep(b"bytes", every_byte, w)
     os.close(w)
-    keep(sock, b"empty")
-    keep(sock, longest, biggest)
-    keep(sock, "süß ünïcode".encode(), b"\xff\xfe")
+    sock.keep(b"empty")
+    sock.keep(longest, biggest)
+    sock.keep("süß ünïcode".encode(), b"\xff\xfe")
     sock.close()
     for _ in range(3):
         sock = store.connect()
-        entries = adopt(sock)
+        entries = sock.adopt()
         assert [(n, d) for n, d, _ in entries] == [
             (b"bytes", every_byte), (b"empty", b""), (longest, biggest),
             ("süß ünïcode".encode(), b"\xff\xfe")]
@@ -115,17 +103,15 @@ def connect_as(user, path: str) -> list[str]:
 
 def test_a_peer_that_is_not_root_is_closed_at_once(stores, test_user):
     store = stores()
-    a = store.connect()
-    assert adopt(a) == []
-    r, w = pipe_for_store()
-    kept_with(store, a, (b"secret", w))
+    a = store.connect_first()
+    a.keep_pipe(b"secret")
     assert connect_as(test_user, store.path) == ["0", "0"], "end of file, no entry, no fd"
     assert f"a connection from uid {test_user.uid} refused: only root may connect" in store.log()
     # The root connection is still the open one.
-    keep(a, b"after")
+    a.keep(b"after")
     ready, _, _ = select.select([a], [], [], 0.2)
     assert not ready, "the open connection was closed"
-    entries = adopt(store.connect())
+    entries = store.connect().adopt()
     assert [n for n, _, _ in entries] == [b"secret", b"after"]
     close_all(entries)
 
@@ -140,16 +126,15 @@ def test_a_peer_that_is_not_root_does_not_stop_the_timer(stores, test_user):
 
 def test_the_newest_connection_wins(stores):
     store = stores()
-    a = store.connect()
-    assert adopt(a) == []
-    keep(a, b"from-a")  # sent just before b connects: still carried out
+    a = store.connect_first()
+    a.keep(b"from-a")  # sent just before b connects: still carried out
     b = store.connect()
-    entries = adopt(b)
+    entries = b.adopt()
     assert [n for n, _, _ in entries] == [b"from-a"]
     ready, _, _ = select.select([a], [], [], 5)
     assert ready and a.recv(100) == b"", "the older connection is closed"
-    keep(b, b"from-b")
-    entries = adopt(store.connect())
+    b.keep(b"from-b")
+    entries = store.connect().adopt()
     assert [n for n, _, _ in entries] == [b"from-a", b"from-b"]
     assert "a newer connection replaces the open one" in store.log()
 
@@ -159,11 +144,9 @@ def test_the_newest_connection_wins(stores):
 
 def test_with_no_connection_it_closes_everything_when_the_timer_runs_out(stores):
     store = stores(400)
-    sock = store.connect()
-    assert adopt(sock) == []
-    r, w = pipe_for_store()
-    kept_with(store, sock, (b"p", w))
-    keep(sock, b"q", b"no fd")
+    sock = store.connect_first()
+    r = sock.keep_pipe(b"p")
+    sock.keep(b"q", b"no fd")
     sock.close()
     start = time.monotonic()
     assert at_eof(r, 5)
@@ -177,16 +160,14 @@ def test_with_no_connection_it_closes_everything_when_the_timer_runs_out(stores)
 def test_a_connection_stops_the_timer(stores):
     store = stores(800)
     time.sleep(0.2)
-    sock = store.connect()
-    assert adopt(sock) == []
-    r, w = pipe_for_store()
-    kept_with(store, sock, (b"p", w))
+    sock = store.connect_first()
+    r = sock.keep_pipe(b"p")
     time.sleep(0.9)
     assert store.poll() is None
     sock.close()
     time.sleep(0.2)
     sock = store.connect()  # within the new 800 ms
-    entries = adopt(sock)
+    entries = sock.adopt()
     assert same_pipe(entries[0][2], r)
     close_all(entries)
     time.sleep(0.9)
@@ -207,11 +188,9 @@ def test_the_timer_runs_from_start(stores, timeout_ms):
 
 def test_quit_closes_everything_and_exits_0(stores):
     store = stores()
-    sock = store.connect()
-    assert adopt(sock) == []
-    r, w = pipe_for_store()
-    kept_with(store, sock, (b"p", w))
-    send(sock, b"quit")
+    sock = store.connect_first()
+    r = sock.keep_pipe(b"p")
+    sock.send_packet(b"quit")
     assert at_eof(r)
     assert store.wait() == 0
     assert "quit: closing 1 fds of 1 entries and exiting" in store.log()
@@ -220,11 +199,8 @@ def test_quit_closes_everything_and_exits_0(stores):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_close_everything_and_exit_0(stores, sig):
     store = stores()
-    sock = store.connect()
-    assert adopt(sock) == []
-    r, w = pipe_for_store()
-    kept_with(store, sock, (b"p", w))
-    wait_for(lambda: len(store.fds()) == 7, 5, what="the kept fd")
+    sock = store.connect_first()
+    r = store.held_pipe(sock, b"p")
     os.kill(store.pid, sig)
     assert at_eof(r)
     assert store.wait() == 0

@@ -11,17 +11,7 @@ import random
 import shutil
 
 import pytest
-from fdstore_process import (
-    LOG_BURST,
-    adopt,
-    at_eof,
-    close_all,
-    keep,
-    kept_with,
-    pipe_for_store,
-    same_pipe,
-    send,
-)
+from fdstore_process import LOG_BURST, at_eof, close_all, pipe_for_store, same_pipe
 from helpers import wait_for
 
 # -- bad input
@@ -54,25 +44,22 @@ def bad_packets() -> list[tuple[bytes, int, str]]:
 
 def test_bad_packets_are_logged_ignored_and_their_fds_closed(stores):
     store = stores()
-    sock = store.connect()
-    assert adopt(sock) == []
-    r0, w0 = pipe_for_store()
-    kept_with(store, sock, (b"held", w0))
-    keep(sock, b"held", b"untouched")
-    wait_for(lambda: len(store.fds()) == 7, 5, what="the kept fd")
+    sock = store.connect_first()
+    r0 = store.held_pipe(sock, b"held")
+    sock.keep(b"held", b"untouched")
     base = store.fds()
     packets = bad_packets()
     assert len(packets) <= LOG_BURST
     for packet, nfds, _ in packets:
         pipes = [pipe_for_store() for _ in range(nfds)]
-        send(sock, packet, [w for _, w in pipes])
+        sock.send_packet(packet, [w for _, w in pipes])
         for r, w in pipes:
             os.close(w)
             assert at_eof(r), f"an fd of {packet[:40]!r} is still held"
             os.close(r)
         assert store.poll() is None
     assert store.fds() == base
-    entries = adopt(store.connect())
+    entries = store.connect().adopt()
     assert [(n, d) for n, d, _ in entries] == [(b"held", b"untouched")]
     assert same_pipe(entries[0][2], r0)
     close_all(entries)
@@ -84,12 +71,11 @@ def test_bad_packets_are_logged_ignored_and_their_fds_closed(stores):
 
 def test_an_empty_packet_is_not_the_end_of_the_connection(stores):
     store = stores()
-    sock = store.connect()
-    assert adopt(sock) == []
-    send(sock, b"")
-    keep(sock, b"after")
+    sock = store.connect_first()
+    sock.send_packet(b"")
+    sock.keep(b"after")
     newer = store.connect()
-    entries = adopt(newer)
+    entries = newer.adopt()
     assert [n for n, _, _ in entries] == [b"after"]
     log = store.log()
     assert 'a packet ignored (0 bytes, 0 fds): unknown verb ""' in log
@@ -98,11 +84,10 @@ def test_an_empty_packet_is_not_the_end_of_the_connection(stores):
 
 def test_complaints_are_rate_limited(stores):
     store = stores()
-    sock = store.connect()
-    assert adopt(sock) == []
+    sock = store.connect_first()
     for i in range(500):
-        send(sock, b"junk%d" % i)
-    send(sock, b"quit")
+        sock.send_packet(b"junk%d" % i)
+    sock.send_packet(b"quit")
     assert store.wait() == 0
     lines = store.log().splitlines()
     assert sum("a packet ignored" in line for line in lines) == LOG_BURST
@@ -165,8 +150,7 @@ def test_fuzz_leaves_exactly_what_the_contract_says(stores):
     seed = random.randrange(1 << 32)
     rng = random.Random(seed)
     store = stores()
-    sock = store.connect()
-    assert adopt(sock) == []
+    sock = store.connect_first()
     base = len(store.fds())
     names = [b"s%d" % i for i in range(24)]
     pipes = [os.pipe() for _ in range(12)]
@@ -174,7 +158,7 @@ def test_fuzz_leaves_exactly_what_the_contract_says(stores):
     model: dict[bytes, list] = {}
 
     def check(sock):
-        entries = adopt(sock)
+        entries = sock.adopt()
         got = [(n, d, None if fd is None else os.fstat(fd).st_ino) for n, d, fd in entries]
         close_all(entries)
         assert got == [(n, d, i) for n, (d, i) in model.items()], f"seed {seed}"
@@ -185,7 +169,7 @@ def test_fuzz_leaves_exactly_what_the_contract_says(stores):
             if packet == b"quit":
                 continue
             chosen = rng.choices(range(len(pipes)), k=rng.choice([0, 0, 1, 1, 1, 2, 3]))
-            send(sock, packet, [pipes[i][1] for i in chosen])
+            sock.send_packet(packet, [pipes[i][1] for i in chosen])
             expected(model, packet, [ids[i] for i in chosen])
         sock = store.connect()  # the older one's packets are carried out first
         check(sock)
@@ -194,7 +178,7 @@ def test_fuzz_leaves_exactly_what_the_contract_says(stores):
              5, what=f"no stray fds (seed {seed})")
     for _, w in pipes:
         os.close(w)
-    send(sock, b"quit")
+    sock.send_packet(b"quit")
     assert store.wait() == 0
     for r, _ in pipes:
         os.set_blocking(r, False)
@@ -211,25 +195,24 @@ def test_a_whole_life_is_valgrind_clean(stores, sandbox):
     store = stores(wrapper=[
         shutil.which("valgrind"), "--error-exitcode=99", "--leak-check=full",
         "--errors-for-leak-kinds=definite", "--track-fds=yes", f"--log-file={vlog}"])
-    sock = store.connect()
-    assert adopt(sock, 30) == []
+    sock = store.connect_first(30)
     pipes = [pipe_for_store() for _ in range(40)]
     for i, (_, w) in enumerate(pipes):
-        keep(sock, b"e%d" % i, b"data %d" % i, w)
-    keep(sock, b"e3", b"replaced", pipes[0][1])
-    keep(sock, b"nofd", b"")
+        sock.keep(b"e%d" % i, b"data %d" % i, w)
+    sock.keep(b"e3", b"replaced", pipes[0][1])
+    sock.keep(b"nofd", b"")
     for i in range(0, 40, 3):
-        send(sock, b"drop\0e%d" % i)
-    send(sock, b"keep\0two\0fds", [pipes[1][1], pipes[2][1]])
-    send(sock, b"keep\0" + b"d" * 70000, [pipes[1][1]])
-    send(sock, b"nonsense")
+        sock.send_packet(b"drop\0e%d" % i)
+    sock.send_packet(b"keep\0two\0fds", [pipes[1][1], pipes[2][1]])
+    sock.send_packet(b"keep\0" + b"d" * 70000, [pipes[1][1]])
+    sock.send_packet(b"nonsense")
     for _, w in pipes:
         os.close(w)
     sock = store.connect()
-    entries = adopt(sock, 30)
+    entries = sock.adopt(30)
     assert len(entries) == 40 - 14 + 1
     close_all(entries)
-    send(sock, b"quit")
+    sock.send_packet(b"quit")
     status = store.wait(30)
     report = vlog.read_text()
     assert status == 0, report

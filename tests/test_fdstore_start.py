@@ -14,24 +14,18 @@ import resource
 import shutil
 import signal
 import time
-from pathlib import Path
 
 import pytest
 from fdstore_process import (
     REPLAY_TIMEOUT,
     RESERVED_FDS,
     Store,
-    adopt,
     at_eof,
-    cloexec,
     close_all,
-    keep,
-    kept_with,
     pipe_for_store,
     same_pipe,
-    send,
 )
-from helpers import wait_for
+from helpers import fd_flags, status_of, wait_for
 
 # -- start
 
@@ -61,17 +55,14 @@ def test_at_start_it_leaves_the_session_raises_nofile_and_keeps_only_its_own_fds
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     soft, _ = resource.prlimit(store.pid, resource.RLIMIT_NOFILE)
     assert soft == min(hard, 65536)
-    status = Path(f"/proc/{store.pid}/status").read_text()
-    ignored = int(status.split("SigIgn:")[1].split()[0], 16)
+    ignored = int(status_of(store.pid)["SigIgn"], 16)
     assert ignored & (1 << signal.SIGHUP - 1) and ignored & (1 << signal.SIGPIPE - 1)
     os.kill(store.pid, signal.SIGHUP)
-    sock = store.connect()
-    assert adopt(sock) == []
-    r, w = pipe_for_store()
-    kept_with(store, sock, (b"p", w))
-    wait_for(lambda: len(store.fds()) == 7, 5, what="the kept fd")  # stdio, 3, signalfd, conn, p
+    sock = store.connect_first()
+    sock.keep_pipe(b"p")
+    store.wait_fds(7, "the kept fd")  # stdio, 3, signalfd, conn, p
     assert store.poll() is None, "SIGHUP is ignored"
-    assert all(cloexec(store.pid, fd) for fd in store.fds() if fd >= 3)
+    assert all(fd_flags(fd, store.pid) & os.O_CLOEXEC for fd in store.fds() if fd >= 3)
     assert "turnstiled-fdstore: a daemon took 0 entries" in store.log()
     assert all(line.startswith("turnstiled-fdstore: ") for line in store.log().splitlines())
 
@@ -83,26 +74,25 @@ def test_entries_get_fds_only_up_to_the_descriptor_limit(stores):
     # A hard limit of 16 leaves 16 - 8 fds for entries.
     store = stores(wrapper=[shutil.which("prlimit"), "--nofile=16:16", "--"])
     room = 16 - RESERVED_FDS
-    sock = store.connect()
-    assert adopt(sock) == []
-    keep(sock, b"nofd", b"first without an fd")
+    sock = store.connect_first()
+    sock.keep(b"nofd", b"first without an fd")
     pipes = [pipe_for_store() for _ in range(room + 3)]
     for i, (_, w) in enumerate(pipes):
-        keep(sock, b"e%d" % i, b"", w)
+        sock.keep(b"e%d" % i, b"", w)
         os.close(w)
     for r, _ in pipes[room:]:
         assert at_eof(r), "an fd beyond the limit is closed"
-    keep(sock, b"nofd", b"still without")  # needs no descriptor
-    keep(sock, b"more", b"no fd either")
+    sock.keep(b"nofd", b"still without")  # needs no descriptor
+    sock.keep(b"more", b"no fd either")
     r, w = pipe_for_store()
-    keep(sock, b"nofd", b"", w)  # would need one more: the entry goes
+    sock.keep(b"nofd", b"", w)  # would need one more: the entry goes
     os.close(w)
     assert at_eof(r)
     r, w = pipe_for_store()
-    keep(sock, b"e0", b"replaced", w)  # a replacement needs no more
+    sock.keep(b"e0", b"replaced", w)  # a replacement needs no more
     os.close(w)
     assert at_eof(pipes[0][0]), "the replaced fd is closed"
-    entries = adopt(store.connect())
+    entries = store.connect().adopt()
     names = [n for n, _, _ in entries]
     assert names == [b"e%d" % i for i in range(room)] + [b"more"]
     assert entries[0][1] == b"replaced" and same_pipe(entries[0][2], r)
@@ -116,12 +106,9 @@ def test_entries_get_fds_only_up_to_the_descriptor_limit(stores):
 
 def test_an_fd_the_kernel_could_not_give_forgets_its_entry(stores):
     store = stores()
-    sock = store.connect()
-    assert adopt(sock) == []
-    r1, w1 = pipe_for_store()
-    kept_with(store, sock, (b"x", w1))
-    keep(sock, b"y", b"no fd")
-    wait_for(lambda: len(store.fds()) == 7, 5, what="the kept fd")
+    sock = store.connect_first()
+    r1 = store.held_pipe(sock, b"x")
+    sock.keep(b"y", b"no fd")
     # No descriptor number left below the limit: the kernel drops what
     # comes with a message and says so (MSG_CTRUNC).
     open_fds = set(store.fds())
@@ -129,21 +116,19 @@ def test_an_fd_the_kernel_could_not_give_forgets_its_entry(stores):
     saved = resource.prlimit(store.pid, resource.RLIMIT_NOFILE)
     resource.prlimit(store.pid, resource.RLIMIT_NOFILE, (lowest_free, saved[1]))
     try:
-        r2, w2 = pipe_for_store()
-        r3, w3 = pipe_for_store()
         # z and frob first: forgetting x frees a descriptor.
-        kept_with(store, sock, (b"z", w3))
+        r3 = sock.keep_pipe(b"z")
         r4, w4 = pipe_for_store()
-        send(sock, b"frob", [w4])
+        sock.send_packet(b"frob", [w4])
         os.close(w4)
-        kept_with(store, sock, (b"x", w2))
-        keep(sock, b"y", b"changed")
+        r2 = sock.keep_pipe(b"x")
+        sock.keep(b"y", b"changed")
         assert at_eof(r3) and at_eof(r2) and at_eof(r4)
         assert at_eof(r1), "the old fd of x is closed: x is forgotten"
         wait_for(lambda: "cannot keep x" in store.log(), 5, what="the last complaint")
     finally:
         resource.prlimit(store.pid, resource.RLIMIT_NOFILE, saved)
-    entries = adopt(store.connect())
+    entries = store.connect().adopt()
     assert [(n, d, fd) for n, d, fd in entries] == [(b"y", b"changed", None)]
     assert "cannot keep z (its fd did not arrive): it is forgotten" in store.log()
     assert "cannot keep x (its fd did not arrive): it is forgotten" in store.log()
@@ -152,12 +137,11 @@ def test_an_fd_the_kernel_could_not_give_forgets_its_entry(stores):
 
 def test_a_daemon_that_does_not_take_the_entries_is_let_go_after_10_s(stores):
     store = stores()
-    sock = store.connect()
-    assert adopt(sock) == []
+    sock = store.connect_first()
     # Far more than the socket buffers hold.
     big = b"d" * 60000
     for i in range(30):
-        keep(sock, b"e%d" % i, big)
+        sock.keep(b"e%d" % i, big)
     sock.close()
     start = time.monotonic()
     stuck = store.connect()
@@ -174,21 +158,20 @@ def test_a_daemon_that_does_not_take_the_entries_is_let_go_after_10_s(stores):
     assert 0 < got < 30
     assert "did not take the entries within 10 s; 30 entries kept, closing them all" in \
         store.log()
-    entries = adopt(store.connect())
+    entries = store.connect().adopt()
     assert [(n, d) for n, d, _ in entries] == [(b"e%d" % i, big) for i in range(30)]
 
 
 def test_a_daemon_that_hangs_up_while_taking_the_entries_is_let_go(stores):
     store = stores(500)
-    sock = store.connect()
-    assert adopt(sock) == []
+    sock = store.connect_first()
     for i in range(30):
-        keep(sock, b"e%d" % i, b"d" * 60000)
+        sock.keep(b"e%d" % i, b"d" * 60000)
     sock.close()
     wait_for(lambda: "30 entries kept" in store.log(), 5, what="the first connection to end")
     quitter = store.connect()
     # stdio, listener, signalfd and the new connection: accepted, sending
-    wait_for(lambda: len(store.fds()) == 6, 5, what="the store to accept")
+    store.wait_fds(6, "the store to accept")
     quitter.close()
     wait_for(lambda: "the connection failed while taking the entries; 30 entries kept" in
              store.log(), 5, what="the store to let go")
