@@ -4,135 +4,23 @@ fake_dinit, named in each test's docstring).
 
 `run` sources /etc/profile, which may reset PATH, and looks for dinit and
 dinit-monitor on that PATH and the login's: a dinit of the machine's would
-be found and run. So each run here has a mount namespace of its own in
-which /etc/profile is the test's: it sets PATH to a directory of the few
-tools the backend and the stand-ins call (TOOLS), and the login's PATH is
-that directory too unless a test says otherwise.
+be found and run. So each run here (dinit.Run) has a mount namespace of its
+own in which /etc/profile is the test's: it sets PATH to a directory of the
+few tools the backend and the stand-ins call, and the login's PATH is that
+directory too unless a test says otherwise.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from dinit import BACKEND, BACKEND_CONF, fake_dinit, write_script
-from helpers import parse_kv
-
-# The programs the backend's `run` and the stand-ins call by name (all else
-# they use is built into sh): the only ones on a run's PATH.
-TOOLS = ("env", "mkdir", "touch")
-
-
-def in_own_profile(profile: Path, argv: list[str]) -> list[str]:
-    """argv, run in a new mount namespace where profile is /etc/profile (as
-    root; otherwise in a new user namespace too, as its root)."""
-    unshare, mount = shutil.which("unshare"), shutil.which("mount")
-    if unshare is None or mount is None:
-        pytest.skip("needs unshare and mount (util-linux) to give the backend an /etc/profile")
-    user = [] if os.geteuid() == 0 else ["--map-root-user"]
-    return [unshare, "--mount", "--propagation", "private", *user, "/bin/sh", "-c",
-            '"$1" --bind "$2" /etc/profile && shift 2 && exec "$@"', "sh", mount, str(profile),
-            *argv]
-
-
-@functools.cache
-def own_profile_problem() -> str:
-    """Why in_own_profile cannot work here ("" when it can)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".profile") as profile:
-        profile.write("PROFILE=ours\n")
-        profile.flush()
-        try:
-            res = subprocess.run(in_own_profile(Path(profile.name), [
-                "/bin/sh", "-c", '. /etc/profile && [ "$PROFILE" = ours ]']),
-                capture_output=True, text=True, timeout=30)
-        except OSError as err:
-            return str(err)
-    return "" if res.returncode == 0 else res.stderr.strip() or f"exit {res.returncode}"
-
-
-class Run:
-    """One `backends/dinit run` in a scratch home, fifo, srvdir and confdir,
-    under an /etc/profile of its own (in_own_profile) that sets PATH to
-    tools, a directory holding TOOLS alone."""
-
-    def __init__(self, root: Path) -> None:
-        problem = own_profile_problem()
-        if problem:
-            pytest.skip(f"cannot give the backend an /etc/profile of the test's own: {problem}")
-        self.root = root
-        self.home = root / "home"
-        self.rundir = root / "run"
-        self.srvdir = root / "srv"
-        self.confdir = root / "conf"
-        self.out = root / "out"
-        self.tools = root / "tools"
-        self.fifo = root / "ready"
-        for p in (self.home, self.rundir, self.srvdir, self.confdir, self.out, self.tools):
-            p.mkdir()
-        for tool in TOOLS:
-            found = shutil.which(tool)
-            assert found is not None, f"no {tool} on the test runner's PATH"
-            (self.tools / tool).symlink_to(found)
-        self.profile = root / "profile"
-        self.profile.write_text(f"PATH={self.tools}\nexport PATH\n")
-        os.mkfifo(self.fifo)
-        self.conf_lines: list[str] = []
-
-    def conf(self, *lines: str) -> None:
-        self.conf_lines += lines
-
-    def __call__(self, *args: str, path: str | None = None, env: dict | None = None,
-                 ) -> tuple[subprocess.CompletedProcess, bytes]:
-        """The backend with args (by default `run FIFO SRVDIR CONFDIR`), the
-        login's PATH path (by default tools): its outcome and what the fifo
-        got."""
-        (self.confdir / "dinit.conf").write_text(
-            BACKEND_CONF.read_text() + "".join(ln + "\n" for ln in self.conf_lines))
-        argv = list(args) or ["run", str(self.fifo), str(self.srvdir), str(self.confdir)]
-        full_env = {"HOME": str(self.home), "PATH": path or str(self.tools),
-                    "XDG_RUNTIME_DIR": str(self.rundir), "USER": "nobody", "LOGNAME": "nobody",
-                    "SHELL": "/bin/sh"}
-        full_env.update(env or {})
-        # The daemon's side: a non-blocking reader, open before the backend runs.
-        fd = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)
-        try:
-            proc = subprocess.Popen(in_own_profile(self.profile, [str(BACKEND), *argv]),
-                                    env=full_env, cwd=self.home, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-            try:
-                out, err = proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate(timeout=5)
-                raise
-            self.pid = proc.pid
-            res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-            try:
-                data = os.read(fd, 4096)
-            except BlockingIOError:
-                data = b""
-        finally:
-            os.close(fd)
-        return res, data
-
-    def argv(self) -> list[str]:
-        """The arguments the stand-in dinit was run with."""
-        return (self.out / "argv").read_text().splitlines()
-
-    def env(self) -> dict[str, str]:
-        """The environment the stand-in dinit was run with."""
-        return parse_kv((self.out / "env").read_text())
-
-    def service(self, name: str) -> list[str]:
-        return [ln for ln in (self.srvdir / name).read_text().splitlines()
-                if ln and not ln.startswith("#")]
+from dinit import BACKEND, BACKEND_CONF, Run, fake_dinit, write_script
 
 
 @pytest.fixture
