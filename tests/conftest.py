@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from daemon import Daemon, start_daemon
 from fakeserver import FakeServer
+from fdstore_process import LONG, Store
 from helpers import REPO_ROOT
 from users import ScratchUser, kill_created_users_processes, scratch_users
 
@@ -164,3 +165,23 @@ def daemon(sandbox: Path, request: pytest.FixtureRequest) -> Iterator[Callable[.
         kill_created_users_processes()
         if errors:
             raise errors[0]
+
+
+# -- the fd store
+
+
+@pytest.fixture
+def stores(sandbox: Path) -> Iterator[Callable[..., Store]]:
+    """stores(timeout_ms, **kw) -> fdstore_process.Store in the sandbox
+    (timeout_ms its ADOPT_TIMEOUT_MS argument); every store is killed at
+    teardown."""
+    started: list[Store] = []
+
+    def start(timeout_ms: int | str = LONG, **kw) -> Store:
+        store = Store(sandbox, [str(timeout_ms)], **kw)
+        started.append(store)
+        return store
+
+    yield start
+    for store in started:
+        store.kill()
