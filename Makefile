@@ -29,10 +29,10 @@ all: pam/pam_turnstile.so holder/turnstiled-holder holder/turnstiled-fdstore
 pam/pam_turnstile.so: pam/pam_turnstile.c
 	$(CC) $(CFLAGS) $(PAM_CFLAGS) -shared -o $@ $< -lpam
 
-holder/turnstiled-holder: holder/turnstiled-holder.c
+holder/turnstiled-holder: holder/turnstiled-holder.c holder/close-fds.h
 	$(CC) $(CFLAGS) $(HOLDER_CFLAGS) -o $@ $< -lpam
 
-holder/turnstiled-fdstore: holder/turnstiled-fdstore.c
+holder/turnstiled-fdstore: holder/turnstiled-fdstore.c holder/close-fds.h
 	$(CC) $(CFLAGS) $(HOLDER_CFLAGS) -o $@ $<
 
 setup:

@@ -87,7 +87,6 @@
  * close-on-exec.
  */
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -101,10 +100,11 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "close-fds.h"
 
 #define LISTENER 3
 #define MAX_PACKET 65536
@@ -592,22 +592,6 @@ static void on_listener(void)
 }
 
 /* -- start */
-
-static void close_fds_from(int lowest)
-{
-    if (syscall(SYS_close_range, (unsigned)lowest, ~0U, 0) == 0)
-        return;
-    DIR *d = opendir("/proc/self/fd");
-    if (!d)
-        return;
-    int dfd = dirfd(d);
-    for (struct dirent *e; (e = readdir(d));) {
-        int fd = atoi(e->d_name);
-        if (fd >= lowest && fd != dfd)
-            close(fd);
-    }
-    closedir(d);
-}
 
 static int is_listener(int fd)
 {

@@ -65,12 +65,13 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <security/pam_appl.h>
+
+#include "close-fds.h"
 
 #define CHANNEL 3
 #define MAX_PACKET 16384
@@ -406,22 +407,6 @@ static int build_env(char **pam_env)
 }
 
 /* -- running things as the user */
-
-static void close_fds_from(int lowest)
-{
-    if (syscall(SYS_close_range, (unsigned)lowest, ~0U, 0) == 0)
-        return;
-    DIR *d = opendir("/proc/self/fd");
-    if (!d)
-        return;
-    int dfd = dirfd(d);
-    for (struct dirent *e; (e = readdir(d));) {
-        int fd = atoi(e->d_name);
-        if (fd >= lowest && fd != dfd)
-            close(fd);
-    }
-    closedir(d);
-}
 
 /* In the child: become the user and exec; never returns. */
 static void exec_as_user(char *const argv[], int out, int new_session, int report)

@@ -1,6 +1,6 @@
 """Fixtures for tests on real parts: the built PAM module, a sandbox other
 users can reach, throwaway real users, and the real daemon on a real socket.
-What they are made of lives in build.py, users.py and daemon.py.
+What they are made of lives in c_parts.py, users.py and daemon.py.
 
 Every process a fixture starts is stopped by pid at teardown, also when the
 test fails; every wait is bounded.
@@ -15,13 +15,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from c_parts import build_module
 from daemon import Daemon, start_daemon
 from fakeserver import FakeServer
 from fdstore_process import LONG, Store
 from helpers import REPO_ROOT
 from users import ScratchUser, kill_created_users_processes, scratch_users
-
-from build import build_module
 
 N_TEST_USERS = 4
 N_MANY_USERS = 40

@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from c_parts import build_fdstore, build_holder, build_module
 from helpers import REPO_ROOT, listening, read_kv, wait_for
 from pamclient import environ_without_pam_wrapper, write_service
 from users import setpriv
-
-from build import build_fdstore, build_holder, build_module
 
 START_TIMEOUT = 10.0
 # turnstilectl: as root from the checkout, as a user the installed script

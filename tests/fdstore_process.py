@@ -21,9 +21,8 @@ import socket
 import time
 from pathlib import Path
 
+from c_parts import build_fdstore
 from helpers import fds_of, wait_for
-
-from build import build_fdstore
 
 # The store's limits, as the contract gives them.
 LOG_BURST = 20

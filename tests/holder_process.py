@@ -13,9 +13,8 @@ import socket
 import time
 from pathlib import Path
 
+from c_parts import build_holder
 from helpers import wait_gone
-
-from build import build_holder
 
 GONE_TIMEOUT = 15
 

@@ -14,10 +14,9 @@ import sys
 import textwrap
 
 import pytest
+from c_parts import build_module
 from helpers import OPEN_TIMEOUT, PAM_TTY, TESTS_DIR, read_kv, wait_for
 from pamclient import PamLogin, pamtester
-
-from build import build_module
 
 pytestmark = pytest.mark.usefixtures("no_session_vars")
 
