@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from c_parts import build_module
 from daemon import Daemon, start_daemon
+from dinit import DinitSetup, find_real_dinit, install_dinit
 from fakeserver import FakeServer
 from fdstore_process import LONG, Store
 from helpers import REPO_ROOT
@@ -184,3 +185,20 @@ def stores(sandbox: Path) -> Iterator[Callable[..., Store]]:
     yield start
     for store in started:
         store.kill()
+
+
+# -- a real dinit (skips without one)
+
+
+@pytest.fixture(scope="session")
+def real_dinit() -> Path:
+    path, reason = find_real_dinit()
+    if path is None:
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture
+def dinit_setup(daemon, sandbox, real_dinit, pam_module) -> DinitSetup:
+    """Starts daemons with the dinit backend on a copy of the real dinit."""
+    return DinitSetup(daemon, install_dinit(real_dinit, sandbox / "dinit-bin"))

@@ -30,25 +30,11 @@ from dinit import (
     dotted,
     fake_dinit,
     fake_monitor,
-    find_real_dinit,
     install_dinit,
     version_of,
 )
 from helpers import PAM_SESSION_ERR, parse_kv, procs_of, status_of, wait_for, wait_gone
 from pamclient import PamFailure, PamLogin
-
-
-@pytest.fixture(scope="session")
-def real_dinit() -> Path:
-    path, reason = find_real_dinit()
-    if path is None:
-        pytest.skip(reason)
-    return path
-
-
-@pytest.fixture
-def dinit_setup(daemon, sandbox, real_dinit, pam_module) -> DinitSetup:
-    return DinitSetup(daemon, install_dinit(real_dinit, sandbox / "dinit-bin"))
 
 
 def login(pam: PamLogin, d) -> dict[str, str]:

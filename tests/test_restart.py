@@ -13,7 +13,8 @@ import time
 
 import pytest
 import wire
-from helpers import procs_of, wait_for
+from dinit import UserDinit
+from helpers import procs_of, wait_for, wait_gone
 from pamclient import PamFailure, PamLogin
 from runit import Services
 
@@ -361,3 +362,22 @@ def test_a_client_still_waiting_is_told_ready_by_the_next_daemon(runit, test_use
         msg = sock.recv(1)
     assert msg == bytes([wire.MSG_OK_DONE])
     sock.close()
+
+
+def test_a_restart_keeps_a_dinit_manager_and_its_services(dinit_setup, test_user):
+    u = UserDinit(test_user)
+    u.add("a", "type = process", "command = /bin/sleep 1000", boot=True)
+    u.own()
+    d = dinit_setup.start()
+    pam = PamLogin(d.login_service(), test_user.name, d.service_dir)
+    pam.open()
+    before = user_processes([test_user])
+    manager = managers(d, [test_user])
+    kill9(d)
+    d2 = dinit_setup.start()
+    assert "took up 1 logins, 1 managers and 1 sessions" in d2.log()
+    assert user_processes([test_user]) == before
+    assert managers(d2, [test_user]) == manager
+    assert dinit_setup.state(test_user, "a") == "STARTED"
+    pam.close()
+    wait_gone(test_user.uid, 15)
