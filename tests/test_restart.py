@@ -48,6 +48,13 @@ def sessions(d) -> dict[str, tuple[str, str]]:
     return out
 
 
+def listed_sessions(d) -> list[tuple]:
+    """What `turnstilectl list-sessions` says: id, user, leader, since."""
+    out = d.ctl("--json", "list-sessions")
+    assert out.returncode == 0, out.stderr
+    return [(s["id"], s["user"], s["leader"], s["since"]) for s in json.loads(out.stdout)]
+
+
 def managers(d, users) -> dict[int, str]:
     return {u.uid: (d.user_state(u.uid) or {}).get("MANAGER_PID", "") for u in users}
 
@@ -88,6 +95,7 @@ def test_a_restart_keeps_every_session_manager_and_service(runit, test_users, pa
             pam.open()
             logins.append((u, pam))
     before_sessions = sessions(d)
+    before_listed = listed_sessions(d)
     before_managers = managers(d, users)
     before_procs = user_processes(users)
     assert len(before_sessions) == 5 and all(before_managers.values())
@@ -95,6 +103,7 @@ def test_a_restart_keeps_every_session_manager_and_service(runit, test_users, pa
     d2 = restart(d, runit, how)
     assert "took up 3 logins, 3 managers and 5 sessions" in d2.log()
     assert sessions(d2) == before_sessions
+    assert listed_sessions(d2) == before_listed
     assert managers(d2, users) == before_managers
     assert user_processes(users) == before_procs
     assert {d2.user_state(u.uid)["STATE"] for u in users} == {"ready"}
@@ -379,5 +388,26 @@ def test_a_restart_keeps_a_dinit_manager_and_its_services(dinit_setup, test_user
     assert user_processes([test_user]) == before
     assert managers(d2, [test_user]) == manager
     assert dinit_setup.state(test_user, "a") == "STARTED"
+    pam.close()
+    wait_gone(test_user.uid, 15)
+
+
+def test_restart_counts_survive_a_restart(runit, test_user, pam_module):
+    runit_services(test_user)
+    d = runit()
+    pam = PamLogin(d.login_service(), test_user.name, d.service_dir)
+    pam.open()
+
+    def restarts(daemon) -> int:
+        out = daemon.ctl("--json", "user-status", test_user.name)
+        return json.loads(out.stdout)["restarts"]
+
+    crashed = int(managers(d, [test_user])[test_user.uid])
+    os.kill(crashed, signal.SIGKILL)  # a crash: the daemon starts it again
+    wait_for(lambda: managers(d, [test_user])[test_user.uid] not in ("", str(crashed))
+             and d.state_of(test_user.uid) == "ready", 15, "the manager's restart")
+    assert restarts(d) == 1
+    d2 = restart(d, runit, "kill")
+    assert restarts(d2) == 1
     pam.close()
     wait_gone(test_user.uid, 15)
