@@ -94,7 +94,7 @@ def _take_up(config: Config, registry: Registry, control: ControlServer,
     adopted = adopt(entries, registry, handover)
     registry.listeners.append(handover)
     for session, sock, answered in adopted.sessions:
-        control.resume_in_background(session, sock, answered)
+        control.resume(session, sock, answered)
     for problem in adopted.ended:
         log.warning("not taken up: %s", problem)
     if entries:
@@ -119,8 +119,8 @@ async def serve(config: Config) -> None:
         AdminServer(registry).handle, sock=listen_unix(config.admin_socket_path, 0o666),
         limit=MAX_REQUEST)
     # The control socket last: once it listens, the whole daemon is up.
-    server = await asyncio.start_unix_server(
-        control.handle, sock=listen_unix(config.socket_path, 0o666))
+    server = await asyncio.get_running_loop().create_unix_server(
+        control, sock=listen_unix(config.socket_path, 0o666))
 
     stop = asyncio.Event()
     full_stop = False

@@ -113,10 +113,14 @@ class HandshakeDecoder:
         self._strings: list[str] = []
         self._want_len: int | None = None
         self._stage = "start"
+        # Whether any byte came: a connection closed before one is a probe
+        # (is the daemon up?), not a client.
+        self.started = False
 
     def feed(self, data: bytes) -> Handshake | None:
         if self._stage == "done":
             raise ProtocolError("data after the handshake")
+        self.started = self.started or bool(data)
         self._buf += data
         while self._step():
             pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import logging
 import os
 import socket
@@ -83,143 +84,194 @@ def listen_unix(path: str, mode: int) -> socket.socket:
 
 
 class ControlServer:
+    """Makes one ControlConnection per accepted connection and knows how many
+    refused ones each user has open."""
+
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self._refusing: collections.Counter[int] = collections.Counter()
-        self._resumed: set[asyncio.Task] = set()
+        self.refusing: collections.Counter[int] = collections.Counter()
+        self._resuming: set[asyncio.Task] = set()
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        pid, peer_uid, _ = peer_credentials(writer.get_extra_info("socket"))
-        if peer_uid != 0:
-            await self._refuse(reader, writer, pid, peer_uid)
+    def __call__(self) -> ControlConnection:
+        return ControlConnection(self)
+
+    def resume(self, session: Session, sock: socket.socket, answered: bool) -> None:
+        """Serves an adopted session's connection from where it was: still
+        waiting for its answer, or answered (REQ_ENV may still come)."""
+        conn = ControlConnection(self, session, answered)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(lambda: conn, sock))
+        self._resuming.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._resuming.discard)
+
+
+class _Phase(enum.Enum):
+    HANDSHAKE = "handshake"   # reading the client's START and facts
+    WAITING = "waiting"       # session registered, its manager not ready yet
+    ANSWERED = "answered"     # OK_DONE sent; REQ_ENV expected
+    HELD = "held"             # environment sent: only the close may come
+    REFUSING = "refusing"     # a non-root peer, to be answered ERR
+    CLOSED = "closed"
+
+
+class ControlConnection(asyncio.Protocol):
+    """One PAM connection, driven by callbacks rather than a task: a warm
+    login is answered from the callback that read its handshake, without a
+    trip through the event loop per read."""
+
+    def __init__(self, server: ControlServer, session: Session | None = None,
+                 answered: bool = False) -> None:
+        self.server, self.registry = server, server.registry
+        self.session = session
+        self.phase = _Phase.HANDSHAKE
+        if session is not None:
+            self.phase = _Phase.ANSWERED if answered else _Phase.WAITING
+        self.transport: asyncio.Transport | None = None
+        self.pid, self.peer_uid = 0, 0
+        self._decoder = protocol.HandshakeDecoder()
+        self._pending = b""  # what came while waiting for the answer
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.session is not None:  # adopted
+            self.pid = self.session.leader
+            self.session.close_connection = transport.abort
+            if self.phase is _Phase.WAITING:
+                self._await_outcome()
             return
+        self.pid, self.peer_uid, _ = peer_credentials(transport.get_extra_info("socket"))
+        loop = asyncio.get_running_loop()
+        if self.peer_uid != 0:
+            self._refuse(loop)
+        else:
+            self._timer = loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timed_out)
+
+    def data_received(self, data: bytes) -> None:
         try:
-            await self._serve(reader, writer, pid, peer_uid)
+            if self.phase is _Phase.HANDSHAKE:
+                self._handshake(data)
+            elif self.phase is _Phase.WAITING:
+                if len(self._pending) + len(data) > 1:
+                    raise ProtocolError("data before the answer")
+                self._pending += data
+            elif self.phase is _Phase.ANSWERED:
+                self._request_env(data)
+            elif self.phase is _Phase.HELD:
+                raise ProtocolError("data after the session was set up")
+            elif self.phase is _Phase.REFUSING:
+                self._end_refusal()
         except ProtocolError as err:
-            log.warning("control: dropping client pid %d: %s", pid, err)
-            _send(writer, MSG_ERR)
-        except (TimeoutError, asyncio.IncompleteReadError):
-            log.warning("control: client pid %d did not finish its handshake", pid)
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+            log.warning("control: dropping client pid %d: %s", self.pid, err)
+            self._fail()
 
-    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      pid: int, peer_uid: int) -> None:
-        """Only root registers sessions: a user's connection is answered ERR
-        at once, never held through the handshake timeout, and a user may
-        have only a few of them open at all."""
-        _refusals.note(f"control: refusing uid {peer_uid} (pid {pid}): only root may "
-                       "register sessions")
-        if self._refusing[peer_uid] >= MAX_REFUSING_PER_USER:
-            writer.transport.abort()
-            return
-        self._refusing[peer_uid] += 1
-        try:
-            # What the client already sent is read first: closing on unread
-            # data would reset the connection instead of ending it.
-            await asyncio.wait_for(reader.read(protocol.MAX_HANDSHAKE), REFUSE_GRACE)
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            self._refusing[peer_uid] -= 1
-            if not self._refusing[peer_uid]:
-                del self._refusing[peer_uid]
-        _send(writer, MSG_ERR)
-        writer.close()
+    def eof_received(self) -> bool:
+        if self.phase is _Phase.HANDSHAKE and self._decoder.started:
+            log.warning("control: client pid %d did not finish its handshake", self.pid)
+        elif self.phase is _Phase.HANDSHAKE:
+            log.debug("control: client pid %d closed without a word", self.pid)
+        elif self.phase is _Phase.REFUSING:
+            self._end_refusal()
+        return False  # the session is over: close our end too
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     pid: int, peer_uid: int) -> None:
-        facts = await asyncio.wait_for(self._handshake(reader, peer_uid), HANDSHAKE_TIMEOUT)
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.phase is _Phase.REFUSING:
+            self._refusal_over()
+        self.phase = _Phase.CLOSED
+        if self.session is not None:
+            self.registry.close_session(self.session)
+
+    # -- the exchange, in order
+
+    def _handshake(self, data: bytes) -> None:
+        facts = self._decoder.feed(data)
         if facts is None:
-            log.debug("control: client pid %d closed without a word", pid)
             return
+        if self._timer is not None:
+            self._timer.cancel()
         user = self.registry.user(facts.uid)
         if user is None:
             raise ProtocolError(f"uid {facts.uid} is not in the password database")
-        fd = writer.get_extra_info("socket").fileno()
+        fd = self.transport.get_extra_info("socket").fileno()
         try:
-            session = self.registry.open_session(user, facts, pid, fd)
+            self.session = self.registry.open_session(user, facts, self.pid, fd)
         except LoginError as err:
             log.error("cannot log in %s: %s", user.name, err)
-            _send(writer, MSG_ERR)
+            self._fail()
             return
-        await self._hold(reader, writer, session, answered=False)
+        self.session.close_connection = self.transport.abort
+        self.phase = _Phase.WAITING
+        if self.session.outcome.done():
+            self._answer(self.session.outcome)
+        else:
+            self._send(MSG_OK_WAIT)
+            self._await_outcome()
 
-    def resume_in_background(self, session: Session, sock: socket.socket,
-                             answered: bool) -> None:
-        task = asyncio.get_running_loop().create_task(self.resume(session, sock, answered))
-        self._resumed.add(task)
-        task.add_done_callback(self._resumed.discard)
+    def _await_outcome(self) -> None:
+        self.session.outcome.add_done_callback(self._answer)
 
-    async def resume(self, session: Session, sock: socket.socket, answered: bool) -> None:
-        """Serves an adopted session's connection from where it was: still
-        waiting for its answer, or answered (REQ_ENV may still come)."""
-        reader, writer = await asyncio.open_unix_connection(sock=sock)
-        try:
-            await self._hold(reader, writer, session, answered)
-        except ProtocolError as err:
-            log.warning("control: dropping adopted session %s: %s", session.id, err)
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    session: Session, answered: bool) -> None:
-        session.close_connection = writer.transport.abort
-        try:
-            if answered:
-                await self._send_env(reader, writer, session)
-            else:
-                await self._answer(reader, writer, session)
-            # The session lasts as long as the connection: wait for EOF.
-            if await reader.read(1):
-                raise ProtocolError("data after the session was set up")
-        finally:
-            self.registry.close_session(session)
-
-    async def _handshake(self, reader: asyncio.StreamReader,
-                         peer_uid: int) -> protocol.Handshake | None:
-        decoder = protocol.HandshakeDecoder()
-        checked = False
-        started = False
-        while True:
-            data = await reader.read(1024)
-            if not data:
-                if not started:
-                    return None  # a probe (is the daemon up?), not a client
-                raise asyncio.IncompleteReadError(b"", None)
-            started = True
-            facts = decoder.feed(data)
-            if decoder.uid is not None and not checked:
-                if peer_uid != 0:
-                    raise ProtocolError(f"peer uid {peer_uid} is not root; "
-                                        "only root may register sessions")
-                checked = True
-            if facts is not None:
-                return facts
-
-    async def _answer(self, reader, writer, session) -> None:
-        if not session.outcome.done():
-            _send(writer, MSG_OK_WAIT)
-        if not await session.outcome:
-            _send(writer, MSG_ERR)
+    def _answer(self, outcome: asyncio.Future) -> None:
+        if self.phase is not _Phase.WAITING:
+            return  # the connection ended meanwhile
+        if not outcome.result():
+            self._fail()
             return
-        _send(writer, MSG_OK_DONE)
-        await self._send_env(reader, writer, session)
+        self._send(MSG_OK_DONE)
+        self.phase = _Phase.ANSWERED
+        pending, self._pending = self._pending, b""
+        if pending:
+            self.data_received(pending)
 
-    async def _send_env(self, reader, writer, session) -> None:
-        msg = await reader.read(1)
-        if msg != bytes([MSG_REQ_ENV]):
-            if msg:
-                raise ProtocolError(f"expected REQ_ENV (3), got {msg[0]}")
+    def _request_env(self, data: bytes) -> None:
+        if data[0] != MSG_REQ_ENV:
+            raise ProtocolError(f"expected REQ_ENV (3), got {data[0]}")
+        self.phase = _Phase.HELD
+        self.transport.write(protocol.encode_env(self.registry.env_for(self.session)))
+        if len(data) > 1:
+            raise ProtocolError("data after the session was set up")
+
+    # -- endings
+
+    def _send(self, msg: int) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(bytes([msg]))
+
+    def _fail(self) -> None:
+        self._send(MSG_ERR)
+        self.transport.close()
+
+    def _handshake_timed_out(self) -> None:
+        log.warning("control: client pid %d did not finish its handshake", self.pid)
+        self.transport.close()
+
+    # -- a peer that is not root
+
+    def _refuse(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Only root registers sessions: a user's connection is answered ERR
+        at once, never held through the handshake timeout, and a user may
+        have only a few of them open at all."""
+        _refusals.note(f"control: refusing uid {self.peer_uid} (pid {self.pid}): only root "
+                       "may register sessions")
+        refusing = self.server.refusing
+        if refusing[self.peer_uid] >= MAX_REFUSING_PER_USER:
+            self.transport.abort()
             return
-        writer.write(protocol.encode_env(self.registry.env_for(session)))
-        await writer.drain()
+        refusing[self.peer_uid] += 1
+        self.phase = _Phase.REFUSING
+        # What the client sends first is read before the answer: closing on
+        # unread data would reset the connection instead of ending it.
+        self._timer = loop.call_later(REFUSE_GRACE, self._end_refusal)
 
+    def _end_refusal(self) -> None:
+        if self.phase is _Phase.REFUSING and not self.transport.is_closing():
+            self._send(MSG_ERR)
+            self.transport.close()
 
-def _send(writer: asyncio.StreamWriter, msg: int) -> None:
-    if not writer.is_closing():
-        writer.write(bytes([msg]))
+    def _refusal_over(self) -> None:
+        refusing = self.server.refusing
+        refusing[self.peer_uid] -= 1
+        if not refusing[self.peer_uid]:
+            del refusing[self.peer_uid]
