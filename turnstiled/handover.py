@@ -31,7 +31,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .config import Config
 from .fdstore import Entry, FdStore, StoreError
@@ -53,6 +53,9 @@ class Handover:
     def __init__(self, store: FdStore, registry: Registry) -> None:
         self.store, self.registry = store, registry
         self._sent: dict[str, bytes] = {}  # name -> the record the store has
+        # name -> the record as a dict: a login's is rebuilt at every change
+        # of the Login (a session more or less) and mostly the same.
+        self._records: dict[str, dict] = {}
         self._fd_of: dict[str, int] = {}  # name -> id() of the object whose fd it has
         self._retry_at = 0.0
         # Sessions kept as not yet answered: kept again once they are.
@@ -120,6 +123,7 @@ class Handover:
             return False
         log.warning("fd store started again; handing it every session and manager")
         self._sent.clear()
+        self._records.clear()
         self._fd_of.clear()
         for login in self.registry.logins.values():
             for session in login.sessions.values():
@@ -130,8 +134,11 @@ class Handover:
     def _keep(self, name: str, record: dict, owner: object = None, fd: int = -1) -> None:
         if not self._store_up():
             return
-        data = json.dumps(record, separators=(",", ":")).encode()
         new_fd = fd >= 0 and self._fd_of.get(name) != id(owner)
+        if not new_fd and self._records.get(name) == record:
+            return
+        data = json.dumps(record, separators=(",", ":")).encode()
+        self._records[name] = record
         if not new_fd and self._sent.get(name) == data:
             return
         self.store.keep(name, data, fd if new_fd else None)
@@ -140,22 +147,27 @@ class Handover:
             self._fd_of[name] = id(owner)
 
     def _drop(self, name: str) -> None:
+        self._records.pop(name, None)
         if self._sent.pop(name, None) is not None and self._store_up():
             self._fd_of.pop(name, None)
             self.store.drop(name)
 
 
 def _login_record(login: Login) -> dict:
+    """Times the loop keeps on the monotonic clock are recorded as wall-clock
+    times, rounded to a millisecond so that an unchanged Login makes an
+    unchanged record."""
     now_wall, now_mono = time.time(), time.monotonic()
     stop_at = None
     if login.stop_timer is not None:
-        stop_at = now_wall + login.stop_timer.when() - asyncio.get_running_loop().time()
+        stop_at = round(now_wall + login.stop_timer.when() - asyncio.get_running_loop().time(),
+                        3)
     ready = login.last_ready
     return {
         "v": VERSION, "uid": login.user.uid, "state": login.state.value,
         "since": login.since, "rundir": login.rundir, "rundir_managed": login.rundir_managed,
         "rundir_problem": login.rundir_problem, "start_again": login.start_again,
-        "restarts": [now_wall - (now_mono - t) for t in login.restarts],
+        "restarts": [round(now_wall - (now_mono - t), 3) for t in login.restarts],
         "stop_at": stop_at,
         "last_ready": None if ready is None else [ready.waited_ms, ready.services],
     }
@@ -163,7 +175,7 @@ def _login_record(login: Login) -> dict:
 
 def _session_record(s: Session) -> dict:
     answered = s.outcome.done() and s.outcome.result() is True
-    return {"v": VERSION, "id": s.id, "uid": s.user.uid, "facts": asdict(s.facts),
+    return {"v": VERSION, "id": s.id, "uid": s.user.uid, "facts": dict(vars(s.facts)),
             "leader": s.leader, "since": s.since, "answered": answered}
 
 
