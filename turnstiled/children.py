@@ -15,24 +15,18 @@ whoever spawned them.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import signal
 import time
 from collections.abc import Callable, Sequence
 
+from . import libc
+
 log = logging.getLogger("turnstiled")
 
-PR_SET_CHILD_SUBREAPER = 36
 # Signals Python ignores that a spawned program must not inherit ignored.
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
-
-
-def become_subreaper() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
 def wait_status(status: int) -> int:
@@ -142,7 +136,7 @@ class Children:
         self._exits: dict[int, Callable[[int], None]] = {}
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        become_subreaper()
+        libc.set_child_subreaper()
         loop.add_signal_handler(signal.SIGCHLD, self.reap)
 
     def spawn(self, path: str, channel: int, on_exit: Callable[[int], None],

@@ -18,7 +18,7 @@ import os
 import resource
 import signal
 
-from . import __version__, linger
+from . import __version__, libc, linger
 from .admin import MAX_REQUEST, AdminServer
 from .children import Children
 from .config import Config
@@ -142,6 +142,9 @@ async def serve(config: Config) -> None:
     if reason and config.linger != "no":
         log.warning("lingering is off: %s", reason)
     registry.start_lingering()
+    # Started: what loading and setting up freed is given back now, or it
+    # would count as the daemon's memory for its whole life.
+    libc.release_free_heap()
 
     await stop.wait()
     server.close()

@@ -7,12 +7,13 @@ that a non-root user owns or may write to is refused (they could swap entries).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import itertools
 import logging
 import os
 import stat
+
+from . import libc
 
 log = logging.getLogger("turnstiled")
 
@@ -141,25 +142,22 @@ def _quietly(op, *args, **kwargs) -> None:
 
 # -- per-user tmpfs
 
-_MS_NOSUID, _MS_NODEV, _MNT_DETACH = 2, 4, 2
-_libc = ctypes.CDLL(None, use_errno=True)
 _mount_warned = False
 
 
 def _mount_tmpfs(path: str, uid: int, gid: int, size: str) -> None:
     global _mount_warned
-    options = f"mode=0700,uid={uid},gid={gid},size={size}".encode()
-    if _libc.mount(b"tmpfs", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, options) == 0:
-        return
-    err = ctypes.get_errno()
-    if err in (errno.EPERM, errno.EACCES) and not _mount_warned:
-        # A container without CAP_SYS_ADMIN: a plain directory still works.
-        _mount_warned = True
-        log.warning("cannot mount a tmpfs for runtime dirs (%s): they are plain "
-                    "directories, unbounded", os.strerror(err))
-        return
-    if err not in (errno.EPERM, errno.EACCES):
-        raise OSError(err, f"mount tmpfs: {os.strerror(err)}")
+    options = f"mode=0700,uid={uid},gid={gid},size={size}"
+    try:
+        libc.mount("tmpfs", path, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, options)
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.EACCES):
+            raise
+        if not _mount_warned:
+            # A container without CAP_SYS_ADMIN: a plain directory still works.
+            _mount_warned = True
+            log.warning("cannot mount a tmpfs for runtime dirs (%s): they are plain "
+                        "directories, unbounded", err.strerror)
 
 
 def _unmount(path: str) -> bool:
@@ -170,7 +168,5 @@ def _unmount(path: str) -> bool:
         return False
     if here.st_dev == above.st_dev:
         return False
-    if _libc.umount2(path.encode(), _MNT_DETACH) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"umount {path}: {os.strerror(err)}")
+    libc.umount2(path, libc.MNT_DETACH)
     return True
