@@ -1,0 +1,238 @@
+"""Which processes belong to a session, and to a user's manager.
+
+With cgroup v2 (`cgroups = auto` finding a writable hierarchy, or `yes`),
+every session's leader is moved into a group of its own when the session
+registers, before its login program starts the user's shell, and each
+user's manager is started inside another (turnstiled/cgroups.py has the
+layout). A group holds everything its first process ever started, however
+it forks, daemonises or setsids: so a session can outlive its PAM
+connection (tmux, nohup) and end only when its last process does, can be
+ended whole, and a pid's session is read from /proc/PID/cgroup.
+
+Without (`cgroups = no`, or no writable hierarchy), `choose` returns a
+tracking that keeps no groups: a session is its connection alone.
+
+This module decides when groups are made, signalled and removed; the
+registry decides why (turnstiled/registry.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from . import cgroups
+from .cgroups import Hierarchy, Place
+from .config import Config
+from .groupwatch import GroupWatch
+
+log = logging.getLogger("turnstiled")
+
+# A group being ended gets SIGTERM, then SIGKILL after this long, where the
+# kernel has no cgroup.kill.
+TERM_BOUND = 5.0
+# Between SIGKILL rounds, while a group is not yet empty.
+KILL_RETRY = 0.1
+
+
+class Tracking:
+    """No groups: sessions are their connections alone (as upstream
+    turnstile). Also the interface of CgroupTracking."""
+
+    mode = "none"
+
+    def __init__(self, reason: str) -> None:
+        # Why this mode is in force, for the log and `turnstilectl status`.
+        self.reason = reason
+
+    @property
+    def tracking(self) -> bool:
+        return self.mode != "none"
+
+    def enter_session(self, uid: int, sid: str, leader: int) -> Group | None:
+        return None
+
+    def session_group(self, uid: int, sid: str) -> Group | None:
+        return None
+
+    def manager_group(self, uid: int, make: bool = True) -> Group | None:
+        return None
+
+    def place_of(self, pid: int) -> Place | None:
+        return None
+
+    def leftovers(self, known: set[str]) -> None:
+        """Removes the empty groups no session or manager of ours holds."""
+
+    async def close(self) -> None:
+        """Waits (bounded) for the groups being ended."""
+
+
+class CgroupTracking(Tracking):
+    mode = "cgroup"
+
+    def __init__(self, tree: Hierarchy, reason: str, use_kill_file: bool = True,
+                 term_bound: float = TERM_BOUND) -> None:
+        super().__init__(reason)
+        self.tree = tree
+        # cgroup.kill where the kernel has it (5.14); else signals, pid by pid.
+        self.use_kill_file = use_kill_file
+        self.term_bound = term_bound
+        self.watch = GroupWatch()
+        self._ending: set[asyncio.Task] = set()
+
+    def enter_session(self, uid: int, sid: str, leader: int) -> Group | None:
+        """Makes the session's group and moves its leader in. A leader we
+        cannot move (gone already, another pid namespace) leaves an empty
+        group, and the session is its connection alone."""
+        group = Group(self, self.tree.session_group(uid, sid))
+        try:
+            cgroups.make(group.path)
+        except OSError as err:
+            log.error("cannot make the group of session %s: %s: %s", sid, group.path,
+                      err.strerror)
+            return None
+        if leader <= 1 or leader == os.getpid():
+            return group
+        try:
+            cgroups.move(leader, group.path)
+        except OSError as err:
+            log.warning("cannot move the leader (pid %d) of session %s into %s: %s", leader,
+                        sid, group.path, err.strerror)
+        return group
+
+    def session_group(self, uid: int, sid: str) -> Group | None:
+        """An existing session group (a previous daemon's), or None."""
+        path = self.tree.session_group(uid, sid)
+        return Group(self, path) if os.path.isdir(path) else None
+
+    def manager_group(self, uid: int, make: bool = True) -> Group | None:
+        """The group a manager is started in (made if make), or None."""
+        group = Group(self, self.tree.manager_group(uid))
+        if not make:
+            return group if os.path.isdir(group.path) else None
+        try:
+            cgroups.make(group.path)
+        except OSError as err:
+            log.error("cannot make the manager group %s: %s; the manager runs outside",
+                      group.path, err.strerror)
+            return None
+        return group
+
+    def place_of(self, pid: int) -> Place | None:
+        return self.tree.place_of_pid(pid)
+
+    def leftovers(self, known: set[str]) -> None:
+        for place, path in self.tree.existing():
+            if path in known:
+                continue
+            if cgroups.populated(path):
+                what = (f"session {place.session}" if place.session is not None
+                        else "manager")
+                log.warning("group %s (uid %d's %s) has processes but no session or manager "
+                            "of ours: left alone", path, place.uid, what)
+            else:
+                Group(self, path).release()
+
+    def end(self, group: Group) -> None:
+        """Ends everything in the group, in the background."""
+        task = asyncio.get_running_loop().create_task(self._end(group))
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    async def end_and_wait(self, group: Group, timeout: float) -> bool:
+        """Ends everything in the group; whether it is empty within timeout."""
+        try:
+            return await asyncio.wait_for(self._end(group), timeout)
+        except TimeoutError:
+            return False
+
+    async def _end(self, group: Group) -> bool:
+        if self.use_kill_file and cgroups.has_kill_file(group.path):
+            while group.populated():
+                cgroups.kill_all(group.path)
+                if await self.watch.wait_empty(group.path, 1.0):
+                    break
+            return True
+        cgroups.signal_all(group.path, signal.SIGTERM)
+        if await self.watch.wait_empty(group.path, self.term_bound):
+            return True
+        # Each round catches what forked meanwhile; the round after the
+        # last process went finds the group empty.
+        while cgroups.signal_all(group.path, signal.SIGKILL):
+            if await self.watch.wait_empty(group.path, KILL_RETRY):
+                break
+        return True
+
+    async def close(self) -> None:
+        if self._ending:
+            await asyncio.wait(self._ending, timeout=self.term_bound + 1)
+        self.watch.close()
+
+
+class Group:
+    """One session's or manager's group."""
+
+    def __init__(self, tracking: CgroupTracking, path: str) -> None:
+        self.tracking = tracking
+        self.path = path
+
+    def populated(self) -> bool:
+        return cgroups.populated(self.path)
+
+    def on_empty(self, call) -> None:
+        """call() once the group is (or becomes) empty."""
+        self.tracking.watch.watch(self.path, call)
+
+    def end(self) -> None:
+        """Kills everything in it (cgroup.kill, else TERM and then KILL),
+        in the background; on_empty hears when it is done."""
+        self.tracking.end(self)
+
+    async def end_and_wait(self, timeout: float) -> bool:
+        return await self.tracking.end_and_wait(self, timeout)
+
+    def signal(self, sig: int) -> int:
+        """Sends sig to every process in it; how many got it."""
+        return cgroups.signal_all(self.path, sig)
+
+    def release(self) -> None:
+        """Stops watching it and removes it (and the user's group, once
+        empty) if nothing is in it; a group that still has processes stays
+        and is found again by a next daemon."""
+        self.tracking.watch.unwatch(self.path)
+        try:
+            if cgroups.remove(self.path):
+                cgroups.remove(os.path.dirname(self.path))
+        except OSError as err:
+            log.warning("cannot remove the group %s: %s", self.path, err.strerror)
+
+
+def choose(config: Config, mountinfo: str | None = None) -> Tracking:
+    """The tracking config.cgroups asks for and the machine allows; why is
+    in its reason."""
+    if config.cgroups == "no":
+        return Tracking("turned off (cgroups = no)")
+    try:
+        mount = cgroups.find_mount(mountinfo if mountinfo is not None
+                                   else cgroups.read_mountinfo())
+    except OSError as err:
+        mount, problem = None, f"cannot read {cgroups.MOUNTINFO}: {err.strerror}"
+    else:
+        problem = "no cgroup2 hierarchy is mounted"
+    if mount is not None:
+        tree = Hierarchy(mount, config.cgroup_path)
+        try:
+            cgroups.make(tree.root)
+            if not os.access(os.path.join(tree.root, "cgroup.procs"), os.W_OK):
+                raise PermissionError(13, "cgroup.procs is not writable")
+        except OSError as err:
+            problem = f"cannot use {tree.root}: {err.strerror}"
+        else:
+            return CgroupTracking(tree, f"cgroup2 at {mount}, groups in {tree.root}")
+    if config.cgroups == "yes":
+        log.error("cgroups = yes, but %s: sessions are tracked by their connections alone",
+                  problem)
+    return Tracking(f"{problem} (cgroups = {config.cgroups})")
