@@ -52,7 +52,8 @@ def session(s: Session) -> dict[str, object]:
         "tty": f.tty, "display": f.display, "class": f.klass, "type": f.type,
         "service": f.service, "desktop": f.desktop, "vtnr": f.vtnr, "remote": f.remote,
         "remote_host": f.remote_host, "remote_user": f.remote_user, "leader": s.leader,
-        "since": s.since,
+        "since": s.since, "state": s.state.value,
+        "cgroup": s.group.path if s.group is not None else None,
     }
 
 
