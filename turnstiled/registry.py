@@ -244,6 +244,7 @@ class Registry:
         session.resolve(False)
         if session.state is SessionState.CLOSING:
             return
+        session.fd = -1  # the server closes it; nothing may keep its number
         group = session.group
         if group is None or not group.populated():
             self._end_session(session)

@@ -170,6 +170,10 @@ class CgroupTracking(Tracking):
         if self._ending:
             await asyncio.wait(self._ending, timeout=self.term_bound + 1)
         self.watch.close()
+        try:
+            cgroups.remove(self.tree.root)  # only if no group is left in it
+        except OSError as err:
+            log.warning("cannot remove %s: %s", self.tree.root, err.strerror)
 
 
 class Group:
