@@ -17,6 +17,7 @@ import pytest
 from cgroup import CgroupTree, group_of, populated, procs, writable_mount
 from helpers import children_of, procs_of, wait_for
 from login_process import LoginProcess
+from pamclient import PamLogin
 from runit import Services, runsvdirs
 from users import setpriv
 
@@ -319,3 +320,28 @@ def restart(d, start):
     d.proc.wait(15)
     assert d.proc.returncode == 0, d.log_tail()
     return start(backend=d.config["backend"])
+
+
+def test_without_cgroups_a_session_is_its_connection(daemon, pam_module, test_user):
+    """cgroups = no: as before tracking existed. The login is in-process
+    here (the leader is the test runner, which nothing moves)."""
+    d = daemon(cgroups="no")
+    status = d.ctl("status").stdout
+    assert "Session tracking: connections only (turned off (cgroups = no))" in status
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        pam.open()
+        sid = only_session(d, test_user.uid)
+        assert d.session_state(sid)["CGROUP"] == ""
+        # pid -> session is a guess from the process tree: a child of the
+        # leader is found, not exactly.
+        child = subprocess.Popen(["sleep", "300"])
+        try:
+            found = ctl_json(d, "session-of", str(child.pid))
+            assert found["id"] == sid and found["exact"] is False
+        finally:
+            child.kill()
+            child.wait(5)
+        refused = d.ctl("kill-session", sid, "TERM")
+        assert refused.returncode == 1 and "not known" in refused.stderr
+    # The connection's end is the session's, whatever still runs.
+    d.wait_logged_out(test_user.uid)
