@@ -118,14 +118,27 @@ def test_the_watch_hears_the_last_process_go_and_not_before(tree):
     assert not group_path.exists()
 
 
-def test_a_session_leader_is_moved_and_its_pid_named(tree):
-    leader = subprocess.Popen(["sleep", "300"])
+def test_a_session_leader_is_moved_in_named_and_handed_back(tree):
+    origin = tree.root / "origin"
+    leader = spawn_in(origin, "exec sleep 300")
+    wait_members(origin, 1)
     try:
         async def main():
             groups = groups_of(tree)
             group = groups.enter_session(1234, "7", leader.pid)
             assert group is not None and group_of(leader.pid) == tree.rel(tree.session(1234, "7"))
             assert groups.place_of(leader.pid) == Place(1234, "7")
+            assert group.leader_origin == str(origin)
+            group.let_leader_go()
+            assert group_of(leader.pid) == tree.rel(origin) and not group.populated()
+            group.let_leader_go()  # once only
+            # A next daemon knows the leader again while it is in the group.
+            again = groups.enter_session(1234, "9", leader.pid)
+            found = groups.session_group(1234, "9", leader.pid, again.leader_origin)
+            assert found.leader_origin == str(origin)
+            again.release()
+            found.let_leader_go()
+            assert group_of(leader.pid) == tree.rel(origin)
             # A leader already gone leaves an empty group, not an error.
             gone = subprocess.Popen(["true"])
             gone.wait()

@@ -85,6 +85,7 @@ class FakeGroup:
         self.ends = 0
         self.signals: list[int] = []
         self.released = False
+        self.leader_gone = False
         self._on_empty: list = []
 
     def populated(self) -> bool:
@@ -94,7 +95,11 @@ class FakeGroup:
         self._on_empty.append(call)
 
     def end(self) -> None:
+        assert self.leader_gone, "the leader is let go before its group is ended"
         self.ends += 1
+
+    def let_leader_go(self) -> None:
+        self.leader_gone = True
 
     def signal(self, sig: int) -> int:
         self.signals.append(sig)

@@ -171,7 +171,8 @@ def _session_record(s: Session) -> dict:
     answered = s.outcome.done() and s.outcome.result() is True
     return {"v": VERSION, "id": s.id, "uid": s.user.uid, "facts": asdict(s.facts),
             "leader": s.leader, "since": s.since, "answered": answered,
-            "state": s.state.value, "grouped": s.group is not None}
+            "state": s.state.value, "grouped": s.group is not None,
+            "leader_origin": s.group.leader_origin if s.group is not None else ""}
 
 
 @dataclass
@@ -275,7 +276,8 @@ def _take_login(config: Config, registry: Registry, e: Entry,
             continue
         if srec.get("grouped"):
             # Found again where it was made; None if it is gone meanwhile.
-            session.group = registry.groups.session_group(uid, session.id)
+            session.group = registry.groups.session_group(
+                uid, session.id, session.leader, str(srec.get("leader_origin", "")))
         login.sessions[session.id] = session
         owners[s_entry.name] = session
         if session.state is SessionState.CLOSING:

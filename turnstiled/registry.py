@@ -246,6 +246,8 @@ class Registry:
             return
         session.fd = -1  # the server closes it; nothing may keep its number
         group = session.group
+        if group is not None:
+            group.let_leader_go()
         if group is None or not group.populated():
             self._end_session(session)
             return
@@ -335,6 +337,8 @@ class Registry:
         (the session is closing until they are gone)."""
         session.close_connection()
         if session.group is not None:
+            # The login program lives on to see its shell end, and logs out.
+            session.group.let_leader_go()
             session.group.end()
         self.close_session(session)
 

@@ -9,6 +9,12 @@ it forks, daemonises or setsids: so a session can outlive its PAM
 connection (tmux, nohup) and end only when its last process does, can be
 ended whole, and a pid's session is read from /proc/PID/cgroup.
 
+The leader (login, sshd's session process: root's, not the user's) is
+handed back to the group it came from when its connection closes or the
+session is terminated: it is finishing its own logout (the PAM modules
+after ours, utmp) and is never what keeps a session closing, nor killed
+with what the user left.
+
 Without (`cgroups = no`, or no writable hierarchy), `choose` returns a
 tracking that keeps no groups: a session is its connection alone.
 
@@ -22,6 +28,7 @@ import asyncio
 import logging
 import os
 import signal
+from dataclasses import dataclass
 
 from . import cgroups
 from .cgroups import Hierarchy, Place
@@ -54,7 +61,8 @@ class Tracking:
     def enter_session(self, uid: int, sid: str, leader: int) -> Group | None:
         return None
 
-    def session_group(self, uid: int, sid: str) -> Group | None:
+    def session_group(self, uid: int, sid: str, leader: int = 0,
+                      origin: str = "") -> Group | None:
         return None
 
     def manager_group(self, uid: int, make: bool = True) -> Group | None:
@@ -96,17 +104,47 @@ class CgroupTracking(Tracking):
             return None
         if leader <= 1 or leader == os.getpid():
             return group
+        origin = cgroups.group_of(leader)
+        try:
+            # Held from before the move: a pid seen alive through it later
+            # is still the leader's, never a reused number.
+            pidfd = os.pidfd_open(leader)
+        except OSError as err:
+            log.warning("session %s: its leader (pid %d) is gone: %s", sid, leader, err.strerror)
+            return group
         try:
             cgroups.move(leader, group.path)
         except OSError as err:
+            os.close(pidfd)
             log.warning("cannot move the leader (pid %d) of session %s into %s: %s", leader,
                         sid, group.path, err.strerror)
+            return group
+        group.leader = Leader(leader, pidfd, self._absolute(origin))
         return group
 
-    def session_group(self, uid: int, sid: str) -> Group | None:
-        """An existing session group (a previous daemon's), or None."""
-        path = self.tree.session_group(uid, sid)
-        return Group(self, path) if os.path.isdir(path) else None
+    def session_group(self, uid: int, sid: str, leader: int = 0,
+                      origin: str = "") -> Group | None:
+        """An existing session group (a previous daemon's), or None; its
+        leader is known again if it is still in it (origin: where it came
+        from, as Group.leader_origin said)."""
+        group = Group(self, self.tree.session_group(uid, sid))
+        if not os.path.isdir(group.path):
+            return None
+        if leader > 1 and origin:
+            try:
+                pidfd = os.pidfd_open(leader)
+            except OSError:
+                return group
+            if self._absolute(cgroups.group_of(leader)) == group.path:
+                group.leader = Leader(leader, pidfd, origin)
+            else:
+                os.close(pidfd)
+        return group
+
+    def _absolute(self, group: str | None) -> str:
+        """A path from /proc/PID/cgroup as a directory; the mount's root
+        when unknown."""
+        return os.path.join(self.tree.mount, (group or "/").lstrip("/")).rstrip("/")
 
     def manager_group(self, uid: int, make: bool = True) -> Group | None:
         """The group a manager is started in (made if make), or None."""
@@ -176,12 +214,51 @@ class CgroupTracking(Tracking):
             log.warning("cannot remove %s: %s", self.tree.root, err.strerror)
 
 
+@dataclass
+class Leader:
+    """A session's leader while it is in the session's group."""
+    pid: int
+    pidfd: int
+    origin: str  # the group it came from
+
+
 class Group:
     """One session's or manager's group."""
 
     def __init__(self, tracking: CgroupTracking, path: str) -> None:
         self.tracking = tracking
         self.path = path
+        self.leader: Leader | None = None
+
+    @property
+    def leader_origin(self) -> str:
+        """Where the leader goes back to ("" once it has, or without one)."""
+        return self.leader.origin if self.leader is not None else ""
+
+    def let_leader_go(self) -> None:
+        """Moves the session's leader back to the group it came from (or,
+        should that be gone, the mount's root): its connection is over."""
+        leader, self.leader = self.leader, None
+        if leader is None:
+            return
+        try:
+            signal.pidfd_send_signal(leader.pidfd, 0)
+            if cgroups.group_of(leader.pid) != "/" + os.path.relpath(
+                    self.path, self.tracking.tree.mount):
+                return  # moved on by someone else (a nested login)
+            for place in (leader.origin, self.tracking.tree.mount):
+                try:
+                    cgroups.move(leader.pid, place)
+                    return
+                except FileNotFoundError:
+                    continue
+        except ProcessLookupError:
+            pass  # it has exited: nothing to move
+        except OSError as err:
+            log.warning("cannot move the leader (pid %d) out of %s: %s", leader.pid, self.path,
+                        err.strerror)
+        finally:
+            os.close(leader.pidfd)
 
     def populated(self) -> bool:
         return cgroups.populated(self.path)
@@ -206,6 +283,9 @@ class Group:
         """Stops watching it and removes it (and the user's group, once
         empty) if nothing is in it; a group that still has processes stays
         and is found again by a next daemon."""
+        if self.leader is not None:
+            os.close(self.leader.pidfd)
+            self.leader = None
         self.tracking.watch.unwatch(self.path)
         try:
             if cgroups.remove(self.path):
