@@ -42,6 +42,9 @@ log = logging.getLogger("turnstiled")
 TERM_BOUND = 5.0
 # Between SIGKILL rounds, while a group is not yet empty.
 KILL_RETRY = 0.1
+# Set: end groups with signals even where cgroup.kill exists (the way
+# older kernels take), so that way can be tested on a new kernel.
+NO_KILL_FILE_ENV = "TURNSTILED_NO_CGROUP_KILL"
 
 
 class Tracking:
@@ -315,7 +318,8 @@ def choose(config: Config, mountinfo: str | None = None) -> Tracking:
         except OSError as err:
             problem = f"cannot use {tree.root}: {err.strerror}"
         else:
-            return CgroupTracking(tree, f"cgroup2 at {mount}, groups in {tree.root}")
+            return CgroupTracking(tree, f"cgroup2 at {mount}, groups in {tree.root}",
+                                  use_kill_file=not os.environ.get(NO_KILL_FILE_ENV))
     if config.cgroups == "yes":
         log.error("cgroups = yes, but %s: sessions are tracked by their connections alone",
                   problem)
