@@ -80,9 +80,6 @@ class Hierarchy:
     def manager_group(self, uid: int) -> str:
         return os.path.join(self.root, f"user-{uid}", "manager")
 
-    def user_group(self, uid: int) -> str:
-        return os.path.join(self.root, f"user-{uid}")
-
     def place_of_pid(self, pid: int) -> Place | None:
         """Which session or manager pid belongs to, from /proc/PID/cgroup;
         None when it is in none of ours (or gone)."""

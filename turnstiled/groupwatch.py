@@ -69,9 +69,6 @@ class GroupWatch:
         if not self._fd_of:
             self._close_set()
 
-    def watching(self, path: str) -> bool:
-        return path in self._fd_of
-
     def close(self) -> None:
         for path in list(self._fd_of):
             self.unwatch(path)
