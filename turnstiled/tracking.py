@@ -42,6 +42,9 @@ log = logging.getLogger("turnstiled")
 TERM_BOUND = 5.0
 # Between SIGKILL rounds, while a group is not yet empty.
 KILL_RETRY = 0.1
+# A group whose processes outlast this many seconds of killing (stuck in
+# the kernel) is left to its watch: its session stays closing.
+GIVE_UP = 60.0
 # Set: end groups with signals even where cgroup.kill exists (the way
 # older kernels take), so that way can be tested on a new kernel.
 NO_KILL_FILE_ENV = "TURNSTILED_NO_CGROUP_KILL"
@@ -179,9 +182,14 @@ class CgroupTracking(Tracking):
 
     def end(self, group: Group) -> None:
         """Ends everything in the group, in the background."""
-        task = asyncio.get_running_loop().create_task(self._end(group))
+        task = asyncio.get_running_loop().create_task(self._end_in_background(group))
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
+
+    async def _end_in_background(self, group: Group) -> None:
+        if not await self.end_and_wait(group, GIVE_UP):
+            log.error("processes of %s survive %g s of SIGKILL: given up on them", group.path,
+                      GIVE_UP)
 
     async def end_and_wait(self, group: Group, timeout: float) -> bool:
         """Ends everything in the group; whether it is empty within timeout."""
