@@ -124,6 +124,9 @@ linger_dir = {top}/linger
 rundir_path = {run}/user/%u
 pam_dir = {top}/pam.d
 user_stop_delay = 0
+# The logins are made in this process, their leader: with cgroups it
+# would be moved into each session's group in turn.
+cgroups = no
 {config}""")
         shutil.copytree(os.path.join(REPO, "backends"), f"{top}/backends")
         os.makedirs(f"{top}/etc/backend")

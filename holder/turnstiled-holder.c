@@ -25,7 +25,10 @@
  *                       confdir, pam_service (empty: no PAM session),
  *                       pam_dir (empty: /etc/pam.d), stop_timeout (ms),
  *                       nofile (the soft descriptor limit the manager
- *                       starts with, before PAM's limits; 0: as inherited)
+ *                       starts with, before PAM's limits; 0: as inherited),
+ *                       and optionally cgroup (a cgroup v2 directory:
+ *                       run, ready and stop start in it; missing or
+ *                       empty: where the holder is)
  *   ready STRING        run `BACKEND ready STRING`, once
  *   stop                run `BACKEND stop PID`; SIGKILL what is left after
  *                       stop_timeout
@@ -47,7 +50,9 @@
  * USER, LOGNAME, SHELL, PATH and XDG_RUNTIME_DIR (from rundir) where the
  * session set none. They run with the user's uid, gid and supplementary
  * groups, cwd the home directory, stdin /dev/null, no other fds, default
- * signal handling; run in a session of its own.
+ * signal handling; run in a session of its own. With a cgroup, each enters
+ * it before it drops root, so nothing of the manager starts outside it; one
+ * that cannot enter it is not run (an exec failure).
  */
 
 #include <errno.h>
@@ -87,7 +92,7 @@ struct spec {
     gid_t *groups;
     size_t ngroups;
     const char *user, *home, *shell, *rundir, *backend, *fifo, *srvdir, *confdir;
-    const char *pam_service, *pam_dir;
+    const char *pam_service, *pam_dir, *cgroup;
     long stop_timeout_ms;
     unsigned long nofile;
 };
@@ -234,8 +239,10 @@ static const char *parse_start(char *fields, size_t len)
         {"rundir", &spec.rundir}, {"backend", &spec.backend}, {"fifo", &spec.fifo},
         {"srvdir", &spec.srvdir}, {"confdir", &spec.confdir},
         {"pam_service", &spec.pam_service}, {"pam_dir", &spec.pam_dir},
+        {"cgroup", &spec.cgroup},
     };
     size_t nkeys = sizeof keys / sizeof keys[0];
+    spec.cgroup = "";  /* the one key that may be left out */
     for (char *f = fields, *next; f < fields + len; f = next) {
         next = f + strlen(f) + 1;
         char *eq = strchr(f, '=');
@@ -268,6 +275,8 @@ static const char *parse_start(char *fields, size_t len)
         return "start: bad nofile";
     if (spec.backend[0] != '/')
         return "start: backend is not an absolute path";
+    if (*spec.cgroup && spec.cgroup[0] != '/')
+        return "start: cgroup is not an absolute path";
     if (!*spec.user || !*spec.home)
         return "start: empty user or home";
     return NULL;
@@ -408,6 +417,27 @@ static int build_env(char **pam_env)
 
 /* -- running things as the user */
 
+/* In the child, still root: moves this process into spec.cgroup. */
+static int enter_cgroup(void)
+{
+    char path[PATH_MAX];
+    if (!*spec.cgroup)
+        return 0;
+    if (snprintf(path, sizeof path, "%s/cgroup.procs", spec.cgroup) >= (int)sizeof path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    /* "0" is the writer itself. */
+    ssize_t n = write(fd, "0", 1);
+    int err = errno;
+    close(fd);
+    errno = err;
+    return n == 1 ? 0 : -1;
+}
+
 /* In the child: become the user and exec; never returns. */
 static void exec_as_user(char *const argv[], int out, int new_session, int report)
 {
@@ -426,6 +456,8 @@ static void exec_as_user(char *const argv[], int out, int new_session, int repor
         goto fail;
     report = 3;
     close_fds_from(4);
+    if (enter_cgroup())
+        goto fail;
     if (setgroups(spec.ngroups, spec.groups) || setgid(spec.gid) || setuid(spec.uid))
         goto fail;
     if (getuid() != spec.uid || geteuid() != spec.uid || getegid() != spec.gid)

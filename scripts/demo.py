@@ -86,6 +86,9 @@ state_dir = {top}/state
 linger_dir = {top}/linger
 rundir_path = {top}/user/%u
 pam_dir = {top}/pam.d
+# One login is made in this process, its leader: with cgroups it would be
+# moved into that session's group, and the session outlive its logout.
+cgroups = no
 """)
         shutil.copytree(os.path.join(REPO, "backends"), f"{top}/backends")
         os.makedirs(f"{top}/etc/backend")

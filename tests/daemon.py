@@ -169,6 +169,12 @@ def daemon_defaults(sandbox: Path) -> dict[str, str]:
 
     user_stop_delay = 0 (the daemon's default is 10 s): a logout ends the
     login at once, so tests need not wait; a test about the delay sets it.
+
+    cgroups = no (the daemon's default is auto): most tests log in through
+    libpam inside the test process itself, which is then the session's
+    leader, and the daemon would move the test runner into the session's
+    group. Tests of tracking (test_cgroups*.py) turn it on, with a group
+    path of their own, and log in from a separate login process.
     """
     return {
         "backend": "none",
@@ -185,6 +191,7 @@ def daemon_defaults(sandbox: Path) -> dict[str, str]:
         "pam_dir": str(sandbox / "pam.d"),
         "login_timeout": "10",
         "user_stop_delay": "0",
+        "cgroups": "no",
         "debug": "yes",
         "debug_stderr": "yes",
     }

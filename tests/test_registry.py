@@ -1,7 +1,9 @@
-"""The Login state machine on its own, in milliseconds: the real Registry
-with a fake manager (it only records what it is asked, and reports ready,
-failed or gone when the test says so). The real manager runs in
-test_runit.py, test_dinit.py and test_holder_death.py."""
+"""The Login and Session state machines on their own, in milliseconds: the
+real Registry with a fake manager (it only records what it is asked, and
+reports ready, failed or gone when the test says so) and, for sessions
+tracked by cgroups, fake groups (the test says when one holds processes
+and when it empties). The real manager runs in test_runit.py,
+test_dinit.py and test_holder_death.py; real groups in test_cgroups.py."""
 
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ import os
 import pytest
 from helpers import read_kv
 
+from turnstiled.cgroups import Place
 from turnstiled.config import Config
 from turnstiled.manager import ReadyReport
 from turnstiled.protocol import Handshake
-from turnstiled.registry import MAX_RESTARTS, LoginState, Registry
+from turnstiled.registry import MAX_RESTARTS, LoginError, LoginState, Registry, SessionState
 from turnstiled.statefiles import StateDir, StateFiles
 from turnstiled.users import User
 
@@ -32,6 +35,7 @@ class FakeManager:
         self.since = 0.0
         self.started = False
         self.stops = 0
+        self.group = None
 
     def start(self) -> None:
         self.started = True
@@ -68,9 +72,76 @@ class Recorder:
     def session_closed(self, session) -> None:
         self.heard.append(("session_closed", session.id))
 
+    def session_changed(self, session) -> None:
+        self.heard.append(("session_changed", session.state.value))
+
+
+class FakeGroup:
+    """Stands in for turnstiled.tracking.Group: holds `procs` processes
+    until the test empties it; records what it is asked."""
+
+    def __init__(self, path: str, procs: int) -> None:
+        self.path, self.procs = path, procs
+        self.ends = 0
+        self.signals: list[int] = []
+        self.released = False
+        self.leader_gone = False
+        self._on_empty: list = []
+
+    def populated(self) -> bool:
+        return self.procs > 0
+
+    def on_empty(self, call) -> None:
+        self._on_empty.append(call)
+
+    def end(self) -> None:
+        assert self.leader_gone, "the leader is let go before its group is ended"
+        self.ends += 1
+
+    def let_leader_go(self) -> None:
+        self.leader_gone = True
+
+    def signal(self, sig: int) -> int:
+        self.signals.append(sig)
+        return self.procs
+
+    def release(self) -> None:
+        self.released = True
+
+    # what the test makes happen
+    def empty(self) -> None:
+        """Its last process exits (the kernel's populated 0)."""
+        self.procs = 0
+        calls, self._on_empty = self._on_empty, []
+        for call in calls:
+            call()
+
+
+class FakeTracking:
+    """Stands in for turnstiled.tracking.CgroupTracking: a session's group
+    holds `procs` processes (its leader and what it started)."""
+
+    mode, reason, tracking = "cgroup", "fake groups", True
+
+    def __init__(self, procs: int = 2) -> None:
+        self.procs = procs
+        self.sessions: dict[str, FakeGroup] = {}
+        self.places: dict[int, Place] = {}
+
+    def enter_session(self, uid: int, sid: str, leader: int) -> FakeGroup:
+        group = self.sessions[sid] = FakeGroup(f"user-{uid}/session-{sid}", self.procs)
+        self.places[leader] = Place(uid, sid)
+        return group
+
+    def manager_group(self, uid: int, make: bool = True) -> FakeGroup:
+        return FakeGroup(f"user-{uid}/manager", 1)
+
+    def place_of(self, pid: int) -> Place | None:
+        return self.places.get(pid)
+
 
 class Harness:
-    def __init__(self, tmp_path, **config) -> None:
+    def __init__(self, tmp_path, groups=None, **config) -> None:
         settings = dict(backend="runit", state_dir=str(tmp_path / "state"),
                         linger_dir=str(tmp_path / "linger"), manage_rundir=True,
                         rundir_path=str(tmp_path / "user" / "%u"), rundir_size="0",
@@ -89,7 +160,8 @@ class Harness:
         config = Config(**settings)
         self.heard: list[tuple[str, str]] = []
         self.reg = Registry(config, None, manager_factory=factory,
-                            listeners=[StateFiles(state, config), Recorder(self.heard)])
+                            listeners=[StateFiles(state, config), Recorder(self.heard)],
+                            groups=groups)
         self.state_dir = tmp_path / "state"
         self.linger_dir = tmp_path / "linger"
 
@@ -108,8 +180,8 @@ class Harness:
         state = read_kv(self.state_dir / "users" / str(USER.uid))
         return None if state is None else state["STATE"]
 
-    def open(self):
-        return self.reg.open_session(USER, FACTS, 1)
+    def open(self, leader: int = 1):
+        return self.reg.open_session(USER, FACTS, leader)
 
     def set_linger(self, on: bool) -> None:
         """As enable-linger / disable-linger do: the file, then the registry."""
@@ -357,3 +429,217 @@ def test_a_failing_listener_breaks_nothing(tmp_path, caplog):
         assert h.state() == "ended" and h.published() is None
     run(main())
     assert "Broken: login_changed failed" in caplog.text
+
+
+# -- sessions tracked by cgroups
+
+def _tracked(tmp_path, procs: int = 2, **config) -> tuple[Harness, FakeTracking]:
+    groups = FakeTracking(procs)
+    h = Harness(tmp_path, groups=groups, **config)
+    return h, groups
+
+
+def _session_state(h: Harness, s) -> str:
+    if h.reg.sessions.get(s.id) is not s:
+        return "ended"
+    return s.state.value
+
+
+# (session state, whether its group holds processes, event) -> (the
+# session's state after, the Login's public state after, how many times
+# its group was ended). One session, a ready manager; each row one case.
+SESSION_TABLE = {
+    ("open", True, "close"): ("closing", "ready", 0),
+    ("open", False, "close"): ("ended", "stopping", 0),
+    ("open", True, "emptied"): ("open", "ready", 0),  # the connection holds it
+    ("open", True, "terminate"): ("closing", "ready", 1),
+    ("open", False, "terminate"): ("ended", "stopping", 1),
+    ("closing", True, "close"): ("closing", "ready", 0),
+    ("closing", True, "emptied"): ("ended", "stopping", 0),
+    ("closing", True, "terminate"): ("closing", "ready", 1),
+}
+
+
+@pytest.mark.parametrize(("state", "populated", "event"), sorted(SESSION_TABLE))
+def test_every_session_state_and_event(tmp_path, state, populated, event):
+    async def main():
+        h, groups = _tracked(tmp_path, procs=2 if populated else 0)
+        s = h.open()
+        h.manager.ready()
+        closed = []
+        s.close_connection = lambda: closed.append(s.id)
+        if state == "closing":
+            h.reg.close_session(s)
+        assert s.state == state
+        group = groups.sessions[s.id]
+        if event == "close":
+            h.reg.close_session(s)
+        elif event == "emptied":
+            group.empty()
+        else:
+            h.reg.terminate_session(s)
+            assert closed == [s.id]
+        after, login_after, ends = SESSION_TABLE[(state, populated, event)]
+        assert (_session_state(h, s), h.state(), group.ends) == (after, login_after, ends)
+        published = read_kv(h.state_dir / "sessions" / s.id)
+        assert (published or {}).get("STATE", "ended") == after
+        assert group.released == (after == "ended")
+        # However it got here, the group emptying and the connection
+        # closing end it, and the manager with it.
+        group.empty()
+        h.reg.close_session(s)
+        assert _session_state(h, s) == "ended" and h.state() == "stopping"
+    run(main())
+
+
+def test_closing_is_heard_and_can_only_follow_open(tmp_path):
+    async def main():
+        h, groups = _tracked(tmp_path)
+        s = h.open()
+        h.manager.ready()
+        h.heard.clear()
+        h.reg.close_session(s)
+        assert h.heard == [("session_changed", "closing"), ("login_changed", "ready")]
+        h.heard.clear()
+        groups.sessions[s.id].empty()
+        assert h.heard[0] == ("session_closed", s.id)
+        with pytest.raises(AssertionError, match="closing -> closing"):
+            h.reg._set_session_state(s, SessionState.CLOSING)
+    run(main())
+
+
+@pytest.mark.parametrize(("kill", "excluded", "ends"), [
+    (True, "root", 1), (True, f"root {USER.name}", 0), (False, "root", 0)])
+def test_kill_user_processes_ends_the_group_at_logout(tmp_path, kill, excluded, ends):
+    async def main():
+        h, groups = _tracked(tmp_path, kill_user_processes=kill,
+                             kill_exclude_users=tuple(excluded.split()))
+        s = h.open()
+        h.manager.ready()
+        h.reg.close_session(s)
+        assert s.state == "closing" and groups.sessions[s.id].ends == ends
+    run(main())
+
+
+def test_a_closing_session_keeps_the_manager_and_its_end_starts_the_stop_delay(tmp_path):
+    async def main():
+        h, groups = _tracked(tmp_path, user_stop_delay=0.05)
+        s = h.open()
+        h.manager.ready()
+        h.reg.close_session(s)
+        await asyncio.sleep(0.1)  # longer than the delay: it has not started
+        assert h.state() == "ready" and h.manager.stops == 0
+        groups.sessions[s.id].empty()
+        assert h.state() == "lingering" and h.manager.stops == 0
+        await asyncio.sleep(0.1)
+        assert h.state() == "stopping" and h.manager.stops == 1
+    run(main())
+
+
+def test_a_login_while_another_session_is_closing_shares_the_manager(tmp_path):
+    async def main():
+        h, groups = _tracked(tmp_path)
+        old = h.open(leader=10)
+        h.manager.ready()
+        h.reg.close_session(old)
+        new = h.open(leader=11)
+        assert new.outcome.result() is True and len(h.managers) == 1
+        groups.sessions[old.id].empty()
+        assert h.state() == "ready" and h.manager.stops == 0
+        h.reg.close_session(new)
+        groups.sessions[new.id].empty()
+        assert h.state() == "stopping"
+    run(main())
+
+
+def test_linger_keeps_the_manager_when_the_closing_session_ends(tmp_path):
+    async def main():
+        h, groups = _tracked(tmp_path)
+        h.set_linger(True)
+        s = h.open()
+        h.manager.ready()
+        h.reg.close_session(s)
+        groups.sessions[s.id].empty()
+        assert h.state() == "lingering" and h.manager.stops == 0
+    run(main())
+
+
+def test_a_manager_crash_while_only_closing_sessions_remain_restarts_it(tmp_path):
+    async def main():
+        h, groups = _tracked(tmp_path)
+        s = h.open()
+        h.manager.ready()
+        h.reg.close_session(s)
+        h.manager.gone(137)
+        assert h.state() == "starting" and len(h.managers) == 2
+    run(main())
+
+
+def test_terminate_user_stops_the_manager_without_the_delay_once_the_groups_empty(tmp_path):
+    async def main():
+        h, groups = _tracked(tmp_path, user_stop_delay=10.0)
+        a, b = h.open(leader=10), h.open(leader=11)
+        h.manager.ready()
+        h.reg.terminate_user(USER.uid)
+        assert a.state == b.state == "closing" and h.manager.stops == 0
+        assert groups.sessions[a.id].ends == groups.sessions[b.id].ends == 1
+        groups.sessions[a.id].empty()
+        assert h.manager.stops == 0
+        groups.sessions[b.id].empty()
+        assert h.state() == "stopping" and h.manager.stops == 1
+    run(main())
+
+
+def test_a_new_login_after_terminate_user_brings_the_stop_delay_back(tmp_path):
+    async def main():
+        h, groups = _tracked(tmp_path, user_stop_delay=10.0)
+        a = h.open(leader=10)
+        h.manager.ready()
+        h.reg.terminate_user(USER.uid)
+        b = h.open(leader=11)
+        groups.sessions[a.id].empty()
+        h.reg.close_session(b)
+        groups.sessions[b.id].empty()
+        assert h.state() == "lingering" and h.manager.stops == 0
+    run(main())
+
+
+def test_pid_to_session_is_the_groups_word_with_them_and_a_guess_without(tmp_path):
+    async def main():
+        h, groups = _tracked(tmp_path)
+        s = h.open(leader=os.getppid())
+        assert h.reg.session_of_pid(os.getppid()) is s
+        assert h.reg.session_of_pid(os.getpid()) is None  # not in its group
+        groups.places[4242] = Place(USER.uid, None)  # a manager's process
+        assert h.reg.session_of_pid(4242) is None
+        assert h.reg.login_of_pid(4242) is h.login()
+    run(main())
+    # Without groups: the nearest ancestor leading a session.
+    tmp = tmp_path / "untracked"
+    tmp.mkdir()
+
+    async def untracked():
+        h = Harness(tmp)
+        s = h.open(leader=os.getppid())
+        assert h.reg.session_of_pid(os.getpid()) is s
+        assert h.reg.login_of_pid(os.getpid()) is h.login()
+    run(untracked())
+
+
+def test_kill_session_signals_its_group_and_is_refused_without_one(tmp_path):
+    async def main():
+        h, groups = _tracked(tmp_path)
+        s = h.open()
+        assert h.reg.kill_session(s, 15) == 2 and groups.sessions[s.id].signals == [15]
+        h.manager.ready()
+        assert h.reg.kill_user(USER.uid, 1) == 2 + 1  # the session's and the manager's
+    run(main())
+    tmp = tmp_path / "untracked"
+    tmp.mkdir()
+
+    async def untracked():
+        h = Harness(tmp)
+        s = h.open()
+        with pytest.raises(LoginError, match="not known"):
+            h.reg.kill_session(s, 15)
+    run(untracked())

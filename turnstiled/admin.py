@@ -16,7 +16,8 @@ import os
 import time
 
 from . import ADMIN_PROTOCOL, __version__, linger, views
-from .registry import Login, Registry, Session
+from .cgroups import parse_signal
+from .registry import Login, LoginError, Registry, Session
 from .server import RateLimitedLog, peer_credentials
 from .users import User, lookup_name, lookup_uid, may_act_for
 
@@ -198,6 +199,8 @@ class AdminServer:
             "backend": self.config.backend, "users": len(reg.logins),
             "sessions": len(reg.sessions), "linger": self.config.linger,
             "linger_disabled": linger.disabled_reason(self.config),
+            "tracking": reg.groups.mode, "tracking_reason": reg.groups.reason,
+            "kill_user_processes": self.config.kill_user_processes,
         }
 
     def cmd_list_users(self, args: dict, peer_uid: int) -> list:
@@ -269,6 +272,54 @@ class AdminServer:
         log.info("%s terminated by uid %d", user.name, peer_uid)
         return {"user": user.name, "sessions": count}
 
+    def _signal_arg(self, args: dict) -> int:
+        value = args.get("signal")
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or len(str(value)) > 16:
+            raise _bad("signal must be a signal name or number")
+        try:
+            return parse_signal(str(value))
+        except ValueError as err:
+            raise _bad(str(err)) from None
+
+    def cmd_kill_session(self, args: dict, peer_uid: int) -> dict:
+        session = self._session_arg(args)
+        sig = self._signal_arg(args)
+        if not may_act_for(peer_uid, session.user.uid):
+            raise _refused(f"session {session.id} belongs to {session.user.name}")
+        try:
+            count = self.registry.kill_session(session, sig)
+        except LoginError as err:
+            raise _refused(str(err)) from None
+        log.info("signal %d sent to %d processes of session %s by uid %d", sig, count,
+                 session.id, peer_uid)
+        return {"id": session.id, "signal": sig, "processes": count}
+
+    def cmd_kill_user(self, args: dict, peer_uid: int) -> dict:
+        user = self._user_arg(args, peer_uid)
+        sig = self._signal_arg(args)
+        if not may_act_for(peer_uid, user.uid):
+            raise _refused(f"only root may signal {user.name}'s processes")
+        self._login(user)
+        try:
+            count = self.registry.kill_user(user.uid, sig)
+        except LoginError as err:
+            raise _refused(str(err)) from None
+        log.info("signal %d sent to %d processes of %s by uid %d", sig, count, user.name,
+                 peer_uid)
+        return {"user": user.name, "signal": sig, "processes": count}
+
+    def cmd_session_of(self, args: dict, peer_uid: int) -> dict:
+        pid = args.get("pid")
+        if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2**31:
+            raise _bad("pid must be a process id")
+        session = self.registry.session_of_pid(pid)
+        if session is None:
+            login = self.registry.login_of_pid(pid)
+            where = f" (a process of {login.user.name}'s manager)" if login else ""
+            raise _not_found(f"process {pid} is in no session{where}")
+        return {"pid": pid, "id": session.id, "user": session.user.name,
+                "exact": session.group is not None}
+
 
 async def _discard_rest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Ends our side, then reads (a bounded amount, briefly) what the client
@@ -296,4 +347,7 @@ _COMMANDS = {
     "disable-linger": AdminServer.cmd_disable_linger,
     "terminate-session": AdminServer.cmd_terminate_session,
     "terminate-user": AdminServer.cmd_terminate_user,
+    "kill-session": AdminServer.cmd_kill_session,
+    "kill-user": AdminServer.cmd_kill_user,
+    "session-of": AdminServer.cmd_session_of,
 }

@@ -72,6 +72,18 @@ def _trees(roots: list[int], children: dict[int, list[int]]) -> set[int]:
     return found
 
 
+def ancestors(pid: int) -> list[int]:
+    """pid's parent, its parent, and so on up to init (nearest first)."""
+    out: list[int] = []
+    while pid > 1 and len(out) < 4096:
+        found = _state_and_ppid(pid)
+        if found is None:
+            break
+        pid = found[1]
+        out.append(pid)
+    return out
+
+
 def kill_orphans(keep: set[int], deadline: float) -> int:
     """SIGKILLs every process below the daemon that is not below a pid in
     keep (the live holders); returns how many."""

@@ -37,6 +37,11 @@ class Config:
     adopt_timeout: float = 60.0
     pam_service: str = "turnstiled"
     pam_dir: str = ""
+    # Session tracking with cgroup v2 (turnstiled/tracking.py).
+    cgroups: str = "auto"
+    cgroup_path: str = "turnstiled"
+    kill_user_processes: bool = False
+    kill_exclude_users: tuple[str, ...] = ("root",)
     # Where the file came from; backends read their own config from
     # `backend/` beside it, so a sandboxed instance carries its own.
     path: str = DEFAULT_PATH
@@ -117,6 +122,25 @@ def _pam_service(text: str) -> str:
     return text
 
 
+def _cgroups(text: str) -> str:
+    if text not in ("auto", "yes", "no"):
+        raise BadValue(f"expected auto, yes or no, got {text!r}")
+    return text
+
+
+def _cgroup_path(text: str) -> str:
+    """A group below the cgroup2 mount: a relative path of plain names."""
+    parts = text.strip("/").split("/")
+    if not text.strip("/") or any(p in ("", ".", "..") for p in parts):
+        raise BadValue(f"expected a path below the cgroup2 mount like turnstiled, got {text!r}")
+    return "/".join(parts)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """User names, separated by spaces or commas (nothing: none)."""
+    return tuple(n for n in text.replace(",", " ").split() if n)
+
+
 def _size(text: str) -> str:
     """A tmpfs size: 0 (none), bytes with an optional k, m or g, or N% of RAM."""
     t = text.lower()
@@ -157,6 +181,10 @@ _PARSERS = {
     "adopt_timeout": _seconds,
     "pam_service": _pam_service,
     "pam_dir": _optional_abspath,
+    "cgroups": _cgroups,
+    "cgroup_path": _cgroup_path,
+    "kill_user_processes": _bool,
+    "kill_exclude_users": _names,
 }
 
 

@@ -99,7 +99,7 @@ USER_COLUMNS = [("UID", "uid"), ("USER", "user"), ("STATE", "state"),
 SESSION_COLUMNS = [("ID", "id"), ("UID", "uid"), ("USER", "user"), ("SEAT", "seat"),
                    ("TTY", "tty"), ("CLASS", "class"), ("TYPE", "type"),
                    ("SERVICE", "service"), ("REMOTE", "remote"), ("LEADER", "leader"),
-                   ("SINCE", "since_text")]
+                   ("STATE", "state"), ("SINCE", "since_text")]
 
 
 def render_user_status(d: dict) -> str:
@@ -121,8 +121,9 @@ def render_user_status(d: dict) -> str:
     for s in sessions:
         where = s["tty"] or s["display"] or s["seat"] or "-"
         remote = f" from {s['remote_host']}" if s["remote"] else ""
+        closing = ", closing" if s.get("state") == "closing" else ""
         lines.append(f"    {s['id']}: {s['service']} on {where}{remote} ({s['class']}/"
-                     f"{s['type']}), leader {s['leader']}, since {_when(s['since'])}")
+                     f"{s['type']}), leader {s['leader']}, since {_when(s['since'])}{closing}")
     ready = d.get("last_ready")
     if ready:
         lines.append(f"  Last start: ready after {ready['waited_ms']:g} ms")
@@ -149,6 +150,12 @@ def render_status(d: dict) -> str:
              f"  Linger: {d['linger']}"]
     if d.get("linger_disabled"):
         lines.append(f"  Lingering is off: {d['linger_disabled']}")
+    if "tracking" in d:
+        mode = "cgroup v2" if d["tracking"] == "cgroup" else "connections only"
+        lines.append(f"  Session tracking: {mode} ({d['tracking_reason']})")
+        if d["tracking"] == "cgroup":
+            kill = "killed" if d.get("kill_user_processes") else "kept"
+            lines.append(f"  Processes left at logout: {kill}")
     return "\n".join(lines)
 
 
@@ -202,6 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     command("terminate-user", "end all of a user's sessions and their manager") \
         .add_argument("user")
     command("terminate-session", "end one session").add_argument("id")
+    kill = command("kill-session", "send a signal to every process of a session")
+    kill.add_argument("id")
+    kill.add_argument("signal")
+    kill = command("kill-user", "send a signal to every process of a user's sessions "
+                   "and manager")
+    kill.add_argument("user")
+    kill.add_argument("signal")
+    command("session-of", "the session a process belongs to").add_argument("pid", type=int)
     args = parser.parse_args(argv)
     # Defaults here, not in the parsers: the options' actions are shared
     # between the main parser and the commands'.
@@ -234,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         "disable-linger": ({"users": getattr(args, "users", [])}, linger_note),
         "terminate-user": ({"user": getattr(args, "user", None)}, lambda d: ""),
         "terminate-session": ({"id": getattr(args, "id", None)}, lambda d: ""),
+        "kill-session": ({"id": getattr(args, "id", None), "signal": getattr(args, "signal", None)},
+                         lambda d: ""),
+        "kill-user": ({"user": getattr(args, "user", None),
+                       "signal": getattr(args, "signal", None)}, lambda d: ""),
+        "session-of": ({"pid": getattr(args, "pid", None)},
+                       lambda d: f"{d['id']} {d['user']}"),
     }
     req, render = commands[args.command]
     try:

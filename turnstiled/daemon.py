@@ -18,7 +18,7 @@ import os
 import resource
 import signal
 
-from . import __version__, libc, linger
+from . import __version__, libc, linger, tracking
 from .admin import MAX_REQUEST, AdminServer
 from .children import Children
 from .config import Config
@@ -112,9 +112,14 @@ async def serve(config: Config) -> None:
     children.attach(asyncio.get_running_loop())
     state = StateDir(config.state_dir)
     state.prepare()
-    registry = Registry(config, children, user_nofile, listeners=[StateFiles(state, config)])
+    groups = tracking.choose(config)
+    log.info("session tracking: %s (%s)", groups.mode, groups.reason)
+    registry = Registry(config, children, user_nofile, listeners=[StateFiles(state, config)],
+                        groups=groups)
     control = ControlServer(registry)
     store = _take_up(config, registry, control, children)
+    # Groups no taken-up session or manager holds are a previous run's.
+    groups.leftovers(_groups_in_use(registry))
     admin_server = await asyncio.start_unix_server(
         AdminServer(registry).handle, sock=listen_unix(config.admin_socket_path, 0o666),
         limit=MAX_REQUEST)
@@ -161,8 +166,17 @@ async def serve(config: Config) -> None:
     log.info("shutting down: ending every session, stopping every manager")
     _unlink(config.socket_path)
     await registry.shutdown(SHUTDOWN_TIMEOUT)
+    await groups.close()
     if store is not None:
         store.quit()
+
+
+def _groups_in_use(registry: Registry) -> set[str]:
+    paths = {s.group.path for s in registry.sessions.values() if s.group is not None}
+    for login in registry.logins.values():
+        if login.manager is not None and login.manager.group is not None:
+            paths.add(login.manager.group.path)
+    return paths
 
 
 def _unlink(path: str) -> None:

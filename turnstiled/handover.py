@@ -37,7 +37,7 @@ from .config import Config
 from .fdstore import Entry, FdStore, StoreError
 from .manager import Manager, ReadyReport
 from .protocol import Handshake
-from .registry import Login, LoginState, Registry, Session
+from .registry import Login, LoginState, Registry, Session, SessionState
 from .users import lookup_uid
 
 log = logging.getLogger("turnstiled")
@@ -94,6 +94,12 @@ class Handover:
     def session_closed(self, session: Session) -> None:
         self._unanswered.discard(session.id)
         self._drop(f"session:{session.id}")
+
+    def session_changed(self, session: Session) -> None:
+        # Closing: the connection is over, only the record is kept.
+        self._unanswered.discard(session.id)
+        self._drop(f"session:{session.id}")
+        self._keep(f"session:{session.id}", _session_record(session))
 
     def seed(self, entries: list[Entry], owners: dict[str, object]) -> None:
         """What the store already has (adopted entries), so it is not sent again."""
@@ -176,7 +182,9 @@ def _login_record(login: Login) -> dict:
 def _session_record(s: Session) -> dict:
     answered = s.outcome.done() and s.outcome.result() is True
     return {"v": VERSION, "id": s.id, "uid": s.user.uid, "facts": dict(vars(s.facts)),
-            "leader": s.leader, "since": s.since, "answered": answered}
+            "leader": s.leader, "since": s.since, "answered": answered,
+            "state": s.state.value, "grouped": s.group is not None,
+            "leader_origin": s.group.leader_origin if s.group is not None else ""}
 
 
 @dataclass
@@ -228,7 +236,7 @@ def _sessions_by_uid(entries: dict[str, Entry],
     for sid, e in entries.items():
         try:
             rec = _record(e)
-            if e.fd is None:
+            if e.fd is None and rec.get("state") != SessionState.CLOSING:
                 raise ValueError("no connection")
             found[int(rec["uid"])].append((e, rec))
         except (ValueError, KeyError, TypeError) as err:
@@ -262,6 +270,8 @@ def _take_login(config: Config, registry: Registry, e: Entry,
         snap = _record(m_entry)
         login.manager = Manager.adopt(config, user, login.rundir, registry, registry.children,
                                       snap, m_entry.fd, fifo.fd if fifo else None)
+        # Its holder put it in its group, if it has one.
+        login.manager.group = registry.groups.manager_group(uid, make=False)
         owners[m_entry.name] = login.manager
         if fifo is not None and login.manager.fifo_fd is not None:
             owners[fifo.name] = login.manager
@@ -269,16 +279,25 @@ def _take_login(config: Config, registry: Registry, e: Entry,
     for s_entry, srec in sessions_of.get(uid, []):
         try:
             facts = Handshake(**srec["facts"])
+            fd = s_entry.fd if s_entry.fd is not None else -1  # closing: none
             session = Session(str(srec["id"]), user, facts, int(srec["leader"]),
-                              since=float(srec["since"]), fd=s_entry.fd)
+                              since=float(srec["since"]), fd=fd,
+                              state=SessionState(srec.get("state", "open")))
         except (ValueError, KeyError, TypeError) as err:
             out.ended.append(f"{s_entry.name}: {err}")
+            continue
+        if srec.get("grouped"):
+            # Found again where it was made; None if it is gone meanwhile.
+            session.group = registry.groups.session_group(
+                uid, session.id, session.leader, str(srec.get("leader_origin", "")))
+        login.sessions[session.id] = session
+        owners[s_entry.name] = session
+        if session.state is SessionState.CLOSING:
+            session.resolve(False)
             continue
         answered = bool(srec["answered"])
         if answered or login.state is LoginState.READY:
             session.resolve(True)
-        login.sessions[session.id] = session
-        owners[s_entry.name] = session
         sock = socket.socket(fileno=s_entry.fd)
         out.sessions.append((session, sock, answered))
     stop_in = None

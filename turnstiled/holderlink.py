@@ -26,13 +26,14 @@ def encode(verb: str, *fields: str) -> bytes:
 
 def start_packet(user: User, rundir: str, backend: str, fifo: str, srvdir: str,
                  confdir: str, pam_service: str, pam_dir: str, stop_timeout: float,
-                 nofile: int) -> bytes:
+                 nofile: int, cgroup: str = "") -> bytes:
     spec = {
         "uid": user.uid, "gid": user.gid, "groups": ",".join(map(str, user.groups)),
         "user": user.name, "home": user.home, "shell": user.shell, "rundir": rundir,
         "backend": backend, "fifo": fifo, "srvdir": srvdir, "confdir": confdir,
         "pam_service": pam_service, "pam_dir": pam_dir,
         "stop_timeout": int(stop_timeout * 1000), "nofile": max(nofile, 0),
+        "cgroup": cgroup,
     }
     for key, value in spec.items():
         if "\0" in str(value):

@@ -23,7 +23,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from . import holderlink
 from .children import Children
@@ -32,6 +32,9 @@ from .rundir import remove as remove_tree
 from .rundir import retire
 from .text import escape
 from .users import User
+
+if TYPE_CHECKING:
+    from .tracking import Group
 
 log = logging.getLogger("turnstiled")
 
@@ -99,6 +102,10 @@ class Manager:
         # The manager's session id (its pid: run calls setsid), for as long
         # as anything of it may be left.
         self._sid: int | None = None
+        # The cgroup the holder starts run, ready and stop in (set by the
+        # owner before start; None: none). The run is over only once it
+        # is empty.
+        self.group: Group | None = None
 
     # -- across a daemon restart
 
@@ -200,7 +207,8 @@ class Manager:
         fifo, srvdir = self._prepare()
         packet = holderlink.start_packet(
             self.user, self.rundir, self.backend, fifo, srvdir, self.config.backend_conf_dir,
-            self.config.pam_service, self.config.pam_dir, STOP_TIMEOUT, self.nofile)
+            self.config.pam_service, self.config.pam_dir, STOP_TIMEOUT, self.nofile,
+            self.group.path if self.group is not None else "")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._holder_pid = self.children.spawn(self.config.holder_path, theirs.fileno(),
@@ -349,7 +357,7 @@ class Manager:
         if self._channel is not None:
             self._on_channel()  # what it said before it went
         if self._holder_done:
-            self._finish()
+            self._finish_when_empty()
             return
         # Killed (OOM, kill -9) or crashed: its manager is ours now.
         how = "its channel ended" if status is None else f"status {status}"
@@ -358,8 +366,33 @@ class Manager:
         self._fail(f"the manager's holder died ({how})")
         self._cleanup = asyncio.get_running_loop().create_task(self._clean_up_after_holder())
 
+    def _finish_when_empty(self) -> None:
+        """The holder killed every process below it; one that left its tree
+        (through another process's hands) is still in the group, and must
+        not outlive the run either."""
+        if self.group is None or not self.group.populated():
+            self._finish()
+            return
+        log.warning("processes of %s's manager outlived its holder: killing them",
+                    self.user.name)
+        self._cleanup = asyncio.get_running_loop().create_task(self._empty_group())
+
+    async def _empty_group(self) -> None:
+        assert self.group is not None
+        try:
+            if not await self.group.end_and_wait(STOP_TIMEOUT):
+                log.error("the group %s of %s's manager is not empty after %g s", self.group.path,
+                          self.user.name, STOP_TIMEOUT)
+        finally:
+            self._finish()
+
     async def _clean_up_after_holder(self) -> None:
         try:
+            if self.group is not None:
+                # Exact, whoever's child it is now.
+                await self.group.end_and_wait(STOP_TIMEOUT)
+                log.info("killed what was left of %s's manager (its group)", self.user.name)
+                return
             if self._adopted:
                 # Not our child, so what it left went to init, not to us:
                 # the manager's session (run's setsid) still names it.
@@ -384,6 +417,8 @@ class Manager:
             dead = None
         if dead is not None:
             self.events.remove_in_background(dead)
+        if self.group is not None:
+            self.group.release()
         self._set_phase(ManagerPhase.GONE)
         self.pid = None
         self.events.manager_gone(self, self._status)

@@ -8,6 +8,11 @@ Login states: starting -> ready -> stopping, plus failed; a Login with no
 sessions whose manager is kept (linger, stop delay) is published as
 lingering. A Login with no sessions and no manager is removed.
 
+Session states: open -> closing. A session whose connection closes ends at
+once, unless its group (turnstiled/tracking.py) still holds processes: it
+is closing until the group is empty, and counts for its user meanwhile, so
+the manager serves what the session left running (tmux, nohup).
+
 What changed reaches the listeners (the state files; see Listener) when the
 entry point that changed it returns: once per Login, in order.
 """
@@ -26,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import children as proc_tree
 from . import linger, rundir
 from .children import Children
 from .config import Config
@@ -33,6 +39,7 @@ from .manager import Manager, ReadyReport
 from .protocol import Handshake
 from .sessionids import SessionIds
 from .text import escape
+from .tracking import Group, Tracking
 from .users import User, lookup_name, lookup_uid
 
 log = logging.getLogger("turnstiled")
@@ -46,6 +53,20 @@ class LoginError(Exception):
     """A session cannot be opened (the reason is for the log)."""
 
 
+class SessionState(enum.StrEnum):
+    """A session with its PAM connection open, or one whose connection has
+    closed while processes of it still run."""
+    OPEN = "open"
+    CLOSING = "closing"
+
+
+# As _ENTERED_FROM, for sessions. Ending is leaving the registry.
+_SESSION_ENTERED_FROM = {
+    SessionState.OPEN: set(),
+    SessionState.CLOSING: {SessionState.OPEN},
+}
+
+
 @dataclass
 class Session:
     id: str
@@ -53,6 +74,9 @@ class Session:
     facts: Handshake
     leader: int
     since: float = field(default_factory=time.time)
+    state: SessionState = SessionState.OPEN
+    # Its cgroup (None: not tracked by one).
+    group: Group | None = None
     # Our end of the PAM connection (-1: none), kept across restarts.
     fd: int = -1
     # Resolved once: True when the user's manager is ready, False on failure.
@@ -104,6 +128,9 @@ class Login:
     # Why the runtime dir is not usable, when it is not (for user-status).
     rundir_problem: str = ""
     stop_timer: asyncio.TimerHandle | None = None
+    # terminate-user ended its sessions: the manager stops without a delay
+    # once the last of them is gone.
+    stop_at_once: bool = False
 
     @property
     def public_state(self) -> str:
@@ -123,6 +150,8 @@ class Listener(Protocol):
     def login_ended(self, login: Login) -> None: ...
     def session_opened(self, session: Session) -> None: ...
     def session_closed(self, session: Session) -> None: ...
+    # Optional: a session's state changed (it is closing).
+    def session_changed(self, session: Session) -> None: ...
 
 
 def _entry_point(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -146,7 +175,8 @@ def _entry_point(method: Callable[..., Any]) -> Callable[..., Any]:
 class Registry:
     def __init__(self, config: Config, children: Children, user_nofile: int = 1024,
                  manager_factory: Callable[..., Manager] = Manager,
-                 listeners: Iterable[Listener] = ()) -> None:
+                 listeners: Iterable[Listener] = (),
+                 groups: Tracking | None = None) -> None:
         self.config = config
         self.children = children
         # The descriptor limit users' managers start with (ours is raised).
@@ -162,6 +192,8 @@ class Registry:
         self._emptied.set()
         self._removals: set[asyncio.Future] = set()
         self.listeners = list(listeners)
+        # Sessions' and managers' cgroups, where there are any.
+        self.groups = groups if groups is not None else Tracking("not asked for")
         # What the running entry point changed, for the listeners.
         self._depth = 0
         self._let_go = False
@@ -183,6 +215,10 @@ class Registry:
         if login is None:
             login = self._new_login(user)
         session = Session(self.ids.take(), user, facts, leader, fd=fd)
+        # Before the answer: the login program starts the shell only after
+        # it, so everything of the session starts in the group.
+        session.group = self.groups.enter_session(user.uid, session.id, leader)
+        login.stop_at_once = False
         login.sessions[session.id] = session
         self.sessions[session.id] = session
         self._events.append(("session_opened", session))
@@ -201,11 +237,50 @@ class Registry:
 
     @_entry_point
     def close_session(self, session: Session) -> None:
-        if self.sessions.pop(session.id, None) is None:
+        """The session's PAM connection has closed (a logout, or its login
+        process died): it ends now, or closes until its group is empty."""
+        if self.sessions.get(session.id) is not session:
             return
         session.resolve(False)
+        if session.state is SessionState.CLOSING:
+            return
+        session.fd = -1  # the server closes it; nothing may keep its number
+        group = session.group
+        if group is not None:
+            group.let_leader_go()
+        if group is None or not group.populated():
+            self._end_session(session)
+            return
+        self._set_session_state(session, SessionState.CLOSING)
+        log.info("session %s closing: %s logged out, processes of the session still run",
+                 session.id, session.user.name)
+        group.on_empty(lambda: self.session_emptied(session))
+        if self._kills_leftovers(session.user):
+            group.end()
+
+    @_entry_point
+    def session_emptied(self, session: Session) -> None:
+        """The session's group has no process left."""
+        if self.sessions.get(session.id) is session and session.state is SessionState.CLOSING:
+            self._end_session(session)
+
+    def _kills_leftovers(self, user: User) -> bool:
+        return (self.config.kill_user_processes
+                and user.name not in self.config.kill_exclude_users)
+
+    def _set_session_state(self, session: Session, state: SessionState) -> None:
+        """The one place a Session changes state."""
+        assert session.state in _SESSION_ENTERED_FROM[state], f"{session.state} -> {state}"
+        session.state = state
+        self._events.append(("session_changed", session))
+        self._touch(self.logins[session.user.uid])
+
+    def _end_session(self, session: Session) -> None:
+        del self.sessions[session.id]
         login = self.logins[session.user.uid]
         del login.sessions[session.id]
+        if session.group is not None:
+            session.group.release()
         self._events.append(("session_closed", session))
         self._touch(login)
         log.info("session %s closed: %s", session.id, session.user.name)
@@ -258,7 +333,13 @@ class Registry:
 
     @_entry_point
     def terminate_session(self, session: Session) -> None:
+        """Ends the session: its connection, and every process in its group
+        (the session is closing until they are gone)."""
         session.close_connection()
+        if session.group is not None:
+            # The login program lives on to see its shell end, and logs out.
+            session.group.let_leader_go()
+            session.group.end()
         self.close_session(session)
 
     @_entry_point
@@ -267,11 +348,64 @@ class Registry:
         if login is None:
             return
         for session in list(login.sessions.values()):
-            session.close_connection()
-            self.close_session(session)
+            self.terminate_session(session)
+        if self.logins.get(uid) is not login:
+            return
         # An admin asked for it: no stop delay, but linger still holds.
-        if self.logins.get(uid) is login and not self._keeps_manager(login):
+        if login.sessions:
+            login.stop_at_once = True  # once the closing sessions are gone
+        elif not self._keeps_manager(login):
             self._stop(login)
+
+    def kill_session(self, session: Session, sig: int) -> int:
+        """Sends sig to every process of the session; how many got it.
+        LoginError without a group: the processes are not known."""
+        if session.group is None:
+            raise LoginError(f"session {session.id} has no group ({self.groups.reason}): "
+                             "its processes are not known")
+        return session.group.signal(sig)
+
+    def kill_user(self, uid: int, sig: int) -> int:
+        """Sends sig to every process of the user's sessions and manager."""
+        login = self.logins.get(uid)
+        if login is None:
+            return 0
+        groups = [s.group for s in login.sessions.values()]
+        if login.manager is not None:
+            groups.append(login.manager.group)
+        if not self.groups.tracking or not any(groups):
+            raise LoginError(f"{login.user.name} has no groups ({self.groups.reason}): "
+                             "their processes are not known")
+        return sum(g.signal(sig) for g in groups if g is not None)
+
+    # -- which session a process is in
+
+    def session_of_pid(self, pid: int) -> Session | None:
+        """The session pid belongs to. With groups it is exact (the group in
+        /proc/PID/cgroup); without, a guess: the nearest ancestor that
+        leads a session (a daemonised process has none)."""
+        place = self.groups.place_of(pid)
+        if place is not None:
+            if place.session is None:
+                return None  # a manager's process: no session's
+            session = self.sessions.get(place.session)
+            return session if session is not None and session.user.uid == place.uid else None
+        untracked = {s.leader: s for s in self.sessions.values() if s.group is None}
+        if not untracked:
+            return None
+        for ancestor in proc_tree.ancestors(pid):
+            if ancestor in untracked:
+                return untracked[ancestor]
+        return None
+
+    def login_of_pid(self, pid: int) -> Login | None:
+        """The Login pid belongs to: through its session or manager group,
+        or (without groups) its session's."""
+        place = self.groups.place_of(pid)
+        if place is not None:
+            return self.logins.get(place.uid)
+        session = self.session_of_pid(pid)
+        return None if session is None else self.logins.get(session.user.uid)
 
     def _linger_login(self, user: User) -> None:
         try:
@@ -314,6 +448,7 @@ class Registry:
         self._check_foreign_rundir(login)
         login.manager = self.manager_factory(self.config, login.user, login.rundir, self,
                                              self.children, self.user_nofile)
+        login.manager.group = self.groups.manager_group(login.user.uid)
         login.manager.start()
         log.info("starting the %s manager of %s", self.config.backend, login.user.name)
 
@@ -347,7 +482,7 @@ class Registry:
     def _last_session_gone(self, login: Login) -> None:
         if self._keeps_manager(login):
             return
-        delay = self.config.user_stop_delay
+        delay = 0 if login.stop_at_once else self.config.user_stop_delay
         if login.state is LoginState.READY and delay > 0 and login.manager is not None:
             login.stop_timer = asyncio.get_running_loop().call_later(
                 delay, self._stop_delay_over, login)
@@ -497,6 +632,13 @@ class Registry:
         for session in login.sessions.values():
             self.sessions[session.id] = session
             self._events.append(("session_opened", session))
+        for session in list(login.sessions.values()):
+            if session.state is SessionState.CLOSING:
+                # Its group may have emptied while no daemon watched.
+                if session.group is None:
+                    self._end_session(session)
+                else:
+                    session.group.on_empty(lambda s=session: self.session_emptied(s))
         if stop_in is not None and not login.sessions:
             login.stop_timer = asyncio.get_running_loop().call_later(
                 stop_in, self._stop_delay_over, login)
@@ -532,8 +674,12 @@ class Registry:
     def _stop_all(self) -> None:
         for login in list(self.logins.values()):
             for session in list(login.sessions.values()):
+                # Ended whatever its group holds: a full stop of the daemon
+                # leaves users' processes alone (a next daemon finds the
+                # group and says so).
                 session.close_connection()
-                self.close_session(session)
+                session.resolve(False)
+                self._end_session(session)
             login.start_again = False
             if self.logins.get(login.user.uid) is login:
                 self._stop(login)
@@ -555,7 +701,10 @@ class Registry:
 
     def _tell(self, name: str, subject: Login | Session) -> None:
         for listener in self.listeners:
+            method = getattr(listener, name, None)
+            if method is None:
+                continue  # an optional event this listener does not take
             try:
-                getattr(listener, name)(subject)
+                method(subject)
             except Exception:  # a view must never break the registry
                 log.exception("%s: %s failed", type(listener).__name__, name)

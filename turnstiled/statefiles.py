@@ -66,6 +66,9 @@ class StateFiles:
     def session_closed(self, session: Session) -> None:
         self.state.remove_session(session.id)
 
+    def session_changed(self, session: Session) -> None:
+        self.state.write_session(session.id, views.session_file(session))
+
 
 def _write(directory: str, name: str, fields: dict[str, object]) -> None:
     """Publishes one file. A failure (ENOSPC on a full /run) is logged and

@@ -48,11 +48,13 @@ def user(login: Login, config: Config) -> dict[str, object]:
 def session(s: Session) -> dict[str, object]:
     f = s.facts
     return {
-        "id": s.id, "uid": s.user.uid, "user": s.user.name, "active": True, "seat": f.seat,
+        "id": s.id, "uid": s.user.uid, "user": s.user.name,
+        "active": s.state == "open", "seat": f.seat,
         "tty": f.tty, "display": f.display, "class": f.klass, "type": f.type,
         "service": f.service, "desktop": f.desktop, "vtnr": f.vtnr, "remote": f.remote,
         "remote_host": f.remote_host, "remote_user": f.remote_user, "leader": s.leader,
-        "since": s.since,
+        "since": s.since, "state": s.state.value,
+        "cgroup": s.group.path if s.group is not None else None,
     }
 
 
