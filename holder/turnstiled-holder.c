@@ -614,14 +614,17 @@ static void finish_ready_output(void)
 
 /* -- stopping and killing */
 
-struct proc { pid_t pid, ppid; };
+struct proc {
+    pid_t pid, ppid;
+    char comm[16];  /* the program it runs: changes at exec */
+};
 
 /* Every live process below the holder, from /proc; count in *n. */
-static pid_t *descendants(size_t *n)
+static struct proc *descendants(size_t *n)
 {
     size_t cap = 256, count = 0, found = 0;
     struct proc *all = malloc(cap * sizeof *all);
-    pid_t *out = NULL;
+    struct proc *out = NULL;
     DIR *d = opendir("/proc");
     *n = 0;
     if (!all || !d)
@@ -639,10 +642,11 @@ static pid_t *descendants(size_t *n)
         if (len <= 0)
             continue;
         stat[len] = '\0';
-        char *paren = strrchr(stat, ')');
+        char *open_paren = strchr(stat, '('), *paren = strrchr(stat, ')');
         char state;
         int ppid;
-        if (!paren || sscanf(paren + 1, " %c %d", &state, &ppid) != 2 || state == 'Z')
+        if (!open_paren || !paren || paren < open_paren
+            || sscanf(paren + 1, " %c %d", &state, &ppid) != 2 || state == 'Z')
             continue;
         if (count == cap) {
             struct proc *more = realloc(all, 2 * cap * sizeof *all);
@@ -651,8 +655,14 @@ static pid_t *descendants(size_t *n)
             all = more;
             cap *= 2;
         }
-        all[count].pid = atoi(e->d_name);
-        all[count++].ppid = ppid;
+        struct proc *p = &all[count++];
+        p->pid = atoi(e->d_name);
+        p->ppid = ppid;
+        size_t clen = (size_t)(paren - open_paren - 1);
+        if (clen >= sizeof p->comm)
+            clen = sizeof p->comm - 1;
+        memcpy(p->comm, open_paren + 1, clen);
+        p->comm[clen] = '\0';
     }
     out = malloc((count + 1) * sizeof *out);
     if (!out)
@@ -661,11 +671,11 @@ static pid_t *descendants(size_t *n)
     pid_t me = getpid();
     for (size_t i = 0; i < count; i++)
         if (all[i].ppid == me)
-            out[found++] = all[i].pid;
+            out[found++] = all[i];
     for (size_t head = 0; head < found; head++)
         for (size_t i = 0; i < count; i++)
-            if (all[i].ppid == out[head])
-                out[found++] = all[i].pid;
+            if (all[i].ppid == out[head].pid)
+                out[found++] = all[i];
     *n = found;
 done:
     if (d)
@@ -677,12 +687,54 @@ done:
 static void kill_all(int sig)
 {
     size_t n;
-    pid_t *pids = descendants(&n);
-    if (!pids)
+    struct proc *procs = descendants(&n);
+    if (!procs)
         return;
     for (size_t i = 0; i < n; i++)
-        kill(pids[i], sig);
-    free(pids);
+        kill(procs[i].pid, sig);
+    free(procs);
+}
+
+/* What the manager left behind gets SIGTERM once per program it runs, swept
+ * for again every KILL_RETRY_MS until the kill deadline. Once is not
+ * enough: a process caught between fork and exec (a runsvdir's child about
+ * to become a runsv) takes the signal into the old program's handler, and
+ * the new program never learns of it; so one that has exec'd since it was
+ * signalled (its comm differs) is signalled again, and one forked since is
+ * signalled too. Nothing is sent SIGTERM twice while it runs one program. */
+static struct proc *termed;
+static size_t ntermed;
+
+static int was_termed(const struct proc *p)
+{
+    for (size_t i = 0; i < ntermed; i++)
+        if (termed[i].pid == p->pid && !strcmp(termed[i].comm, p->comm))
+            return 1;
+    return 0;
+}
+
+static void term_leftovers(void)
+{
+    size_t n;
+    struct proc *procs = descendants(&n);
+    if (!procs)
+        return;
+    size_t fresh = 0;
+    for (size_t i = 0; i < n; i++)
+        fresh += !was_termed(&procs[i]);
+    struct proc *more = fresh ? realloc(termed, (ntermed + fresh) * sizeof *termed) : termed;
+    if (!more) {
+        kill_all(SIGTERM);  /* out of memory: at least this sweep */
+        free(procs);
+        return;
+    }
+    termed = more;
+    for (size_t i = 0; i < n; i++)
+        if (!was_termed(&procs[i])) {
+            kill(procs[i].pid, SIGTERM);
+            termed[ntermed++] = procs[i];
+        }
+    free(procs);
 }
 
 static void arm_kill_deadline(void)
@@ -765,7 +817,7 @@ static int reap(void)
             send_number("exit", shell_status(status));
             /* What the manager leaves behind goes with it; the deadline
              * covers whatever ignores TERM. */
-            kill_all(SIGTERM);
+            term_leftovers();
             arm_kill_deadline();
         } else if (pid == ready_pid) {
             ready_pid = 0;
@@ -817,6 +869,10 @@ static void run_loop(int sfd)
                 kill_all(SIGKILL);
                 kill_at = now_ms() + KILL_RETRY_MS;
                 left = KILL_RETRY_MS;
+            } else if (!manager) {
+                term_leftovers();
+                if (left > KILL_RETRY_MS)
+                    left = KILL_RETRY_MS;
             }
             timeout = (int)left;
         }
@@ -876,6 +932,7 @@ int main(void)
         return 1;
     }
     run_loop(sfd);
+    free(termed);
     close_session();
     send_event("gone", NULL);
     return 0;

@@ -209,6 +209,24 @@ def test_a_manager_that_dies_takes_what_it_left(setup, holders, test_user):
     assert not procs_of(test_user.uid)
 
 
+def test_a_leftover_that_execs_after_its_sigterm_is_sent_another(setup, holders, test_user):
+    """A process between fork and exec when its manager goes (a runsvdir's
+    child about to become a runsv) can take the SIGTERM into the old
+    program's handler; the new program it execs is sent one again, long
+    before the stop timeout's SIGKILL."""
+    setup.manager(f"sh -c 'trap true TERM; touch {setup.out}/forked; sleep 0.5; "
+                  f"exec sleep 1003' &\n"
+                  f"while [ ! -e {setup.out}/forked ]; do sleep 0.01; done\nexit 0")
+    h = setup.start(holders, stop_timeout=30000)
+    assert h.event()[0] == "pid"
+    assert h.until("exit") == [("exit", "0")]
+    t0 = time.monotonic()
+    h.until("gone", 10)
+    assert time.monotonic() - t0 < 5
+    assert h.wait() == 0
+    assert not procs_of(test_user.uid)
+
+
 def test_up_lines_are_bounded_and_a_flood_does_not_grow_the_holder(setup, holders, test_user):
     setup.ready("i=0\nwhile [ $i -lt 1100 ]; do echo \"up s$i\"; i=$((i+1)); done\n"
                 "echo 'up two words'\necho 'not up'\n"
