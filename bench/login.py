@@ -3,7 +3,9 @@
     bench/login.py [--backend runit|dinit|none] [--runs 20] [--cycles 200]
 
 Prints, for the backend:
-- warm: open+close cycles of a session while another keeps the manager up;
+- warm: open+close cycles of a session while another keeps the manager up,
+  and pam_open_session alone (with and without the test client's worker
+  thread);
 - cold: pam_open_session from no manager to ready (0 and 3 core services);
 - logout-to-gone: pam_close_session of the last session until the daemon
   reports the Login ended (manager and every process of it gone);
@@ -118,14 +120,17 @@ class Bench:
         self.sb.wait_state(self.user.pw_uid, None)
         return samples
 
-    def warm_open(self, runs: int) -> list[float]:
-        """pam_open_session alone, for a user whose manager is up."""
+    def warm_open(self, runs: int, thread: bool = True) -> list[float]:
+        """pam_open_session alone, for a user whose manager is up. The test
+        client runs PAM calls in a worker thread (so a hung call can time
+        out), which adds its start to every figure; thread=False leaves it
+        out and measures the login alone."""
         keep = self.login()
         samples = []
         for _ in range(runs):
             s = PamLogin("login", self.user.pw_name, self.sb.confdir)
             t0 = time.perf_counter()
-            s.open()
+            s.open(timeout=120.0 if thread else None)
             samples.append(time.perf_counter() - t0)
             s.close()
         keep.close()
@@ -153,6 +158,7 @@ def main() -> int:
             bench.services(0)
             figures(f"warm open+close x{args.cycles}", bench.warm(args.cycles))
             figures(f"warm pam_open_session x{args.cycles}", bench.warm_open(args.cycles))
+            figures("  the same, no client thread", bench.warm_open(args.cycles, thread=False))
             for core in ((0, 3) if args.backend != "none" else (0,)):
                 bench.services(core)
                 opens, gones = bench.cold(args.runs)
