@@ -306,6 +306,33 @@ def test_a_login_waiting_for_its_services_is_answered_by_the_next_daemon(runit, 
     assert wait_for(lambda: d2.user_state(test_user.uid) is None, 15)
 
 
+def test_services_up_before_a_restart_stay_in_the_readiness_report(runit, test_user,
+                                                                  pam_module):
+    """s0 comes up at once and is reported to the first daemon; s1 only
+    after the restart. The readiness report the second daemon keeps names
+    both: what a manager had reported went into its record as it came."""
+    sv = Services(test_user)
+    sv.add("s0", "exec sleep infinity")
+    sv.add("s1", "date +%s > started\nexec sleep infinity",
+           "read t < started && [ $(($(date +%s) - t)) -ge 3 ]")
+    sv.core("s0", "s1")
+    sv.own()
+    time.sleep(1.1)  # runsvdir's one-second guard on a freshly edited dir
+    d = runit()
+    pam = PamLogin(d.login_service(), test_user.name, d.service_dir)
+    t = threading.Thread(target=pam.open)
+    t.start()
+    assert wait_for(lambda: (d.user_state(test_user.uid) or {}).get("STATE") == "starting", 5)
+    time.sleep(1)  # s0 is up and reported by now; s1 is two seconds away
+    kill9(d)
+    d2 = runit()
+    t.join(20)
+    assert d2.user_state(test_user.uid)["STATE"] == "ready"
+    status = d2.ctl("user-status", test_user.name).stdout
+    assert "s0 (" in status and "s1 (" in status, status
+    pam.close()
+
+
 def test_a_manager_that_cannot_be_taken_up_is_stopped(runit, test_user, pam_module):
     runit_services(test_user)
     d = runit()

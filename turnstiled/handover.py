@@ -54,7 +54,9 @@ class Handover:
         self.store, self.registry = store, registry
         self._sent: dict[str, bytes] = {}  # name -> the record the store has
         # name -> the record as a dict: a login's is rebuilt at every change
-        # of the Login (a session more or less) and mostly the same.
+        # of the Login (a session more or less) and mostly the same. A record
+        # shares no list with the object it describes, or a change to that
+        # list would change the kept copy too and never be sent.
         self._records: dict[str, dict] = {}
         self._fd_of: dict[str, int] = {}  # name -> id() of the object whose fd it has
         self._retry_at = 0.0
@@ -175,7 +177,7 @@ def _login_record(login: Login) -> dict:
         "rundir_problem": login.rundir_problem, "start_again": login.start_again,
         "restarts": [round(now_wall - (now_mono - t), 3) for t in login.restarts],
         "stop_at": stop_at,
-        "last_ready": None if ready is None else [ready.waited_ms, ready.services],
+        "last_ready": None if ready is None else [ready.waited_ms, list(ready.services)],
     }
 
 

@@ -114,7 +114,7 @@ class Manager:
         return {
             "holder_pid": self._holder_pid, "pid": self.pid, "sid": self._sid,
             "since": self.since,
-            "phase": self.phase.value, "services": self._services,
+            "phase": self.phase.value, "services": list(self._services),
             "ready_sent": self._ready_sent, "status": self._status,
             "holder_done": self._holder_done,
         }
@@ -281,6 +281,7 @@ class Manager:
             if (self.phase is ManagerPhase.STARTING and len(self._services) < MAX_SERVICES
                     and all(arg != n for n, _ in self._services)):
                 self._services.append((arg, self._elapsed_ms()))
+                self.events.manager_progressed(self)  # a restart keeps what came
         elif verb == "ready-exit":
             self._on_ready_exit(int(arg))
         elif verb == "exit":

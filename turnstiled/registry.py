@@ -550,7 +550,8 @@ class Registry:
 
     @_entry_point
     def manager_progressed(self, manager: Manager) -> None:
-        """Its pid is known, or its readiness string was passed on."""
+        """Its pid is known, a core service came up, or its readiness string
+        was passed on."""
         login = self._login_of(manager)
         if login is not None:
             self._touch(login)
