@@ -26,6 +26,9 @@ class StateDir:
     def __init__(self, root: str) -> None:
         self.users = os.path.join(root, "users")
         self.sessions = os.path.join(root, "sessions")
+        # path -> the text it has: a change that shows in no field (a core
+        # service up, say) writes nothing.
+        self._published: dict[str, str] = {}
 
     def prepare(self) -> None:
         """Creates the directories and drops what a previous run left behind."""
@@ -34,18 +37,33 @@ class StateDir:
             os.chmod(d, 0o755)
             for name in os.listdir(d):
                 os.unlink(os.path.join(d, name))
+        self._published.clear()
 
     def write_user(self, uid: int, fields: dict[str, object]) -> None:
-        _write(self.users, str(uid), fields)
+        self._publish(self.users, str(uid), fields)
 
     def write_session(self, sid: str, fields: dict[str, object]) -> None:
-        _write(self.sessions, sid, fields)
+        self._publish(self.sessions, sid, fields)
 
     def remove_user(self, uid: int) -> None:
-        _unlink(os.path.join(self.users, str(uid)))
+        self._remove(os.path.join(self.users, str(uid)))
 
     def remove_session(self, sid: str) -> None:
-        _unlink(os.path.join(self.sessions, sid))
+        self._remove(os.path.join(self.sessions, sid))
+
+    def _publish(self, directory: str, name: str, fields: dict[str, object]) -> None:
+        text = "".join(f"{k}={_flat(v)}\n" for k, v in fields.items())
+        path = os.path.join(directory, name)
+        if self._published.get(path) == text:
+            return
+        if _write(directory, name, text):
+            self._published[path] = text
+        else:
+            self._published.pop(path, None)
+
+    def _remove(self, path: str) -> None:
+        self._published.pop(path, None)
+        _unlink(path)
 
 
 class StateFiles:
@@ -70,11 +88,11 @@ class StateFiles:
         self.state.write_session(session.id, views.session_file(session))
 
 
-def _write(directory: str, name: str, fields: dict[str, object]) -> None:
-    """Publishes one file. A failure (ENOSPC on a full /run) is logged and
-    leaves nothing behind: published state is a view, never a reason for a
-    login to fail or for the registry to keep what it should not."""
-    text = "".join(f"{k}={_flat(v)}\n" for k, v in fields.items())
+def _write(directory: str, name: str, text: str) -> bool:
+    """Publishes one file; False if it could not. A failure (ENOSPC on a
+    full /run) is logged and leaves nothing behind: published state is a
+    view, never a reason for a login to fail or for the registry to keep
+    what it should not."""
     tmp = os.path.join(directory, f".{name}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -86,10 +104,12 @@ def _write(directory: str, name: str, fields: dict[str, object]) -> None:
         finally:
             os.close(fd)
         os.rename(tmp, os.path.join(directory, name))
+        return True
     except OSError as err:
         _unlink(tmp)
         _unlink(os.path.join(directory, name))  # stale is worse than missing
         log.error("cannot publish %s/%s: %s", directory, name, err.strerror)
+        return False
 
 
 def _flat(value: object) -> str:
