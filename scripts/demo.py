@@ -86,9 +86,9 @@ state_dir = {top}/state
 linger_dir = {top}/linger
 rundir_path = {top}/user/%u
 pam_dir = {top}/pam.d
-# One login is made in this process, its leader: with cgroups it would be
-# moved into that session's group, and the session outlive its logout.
-cgroups = no
+# cgroups = auto, as by default: sessions get groups under a name of the
+# demo's own, beside any real turnstiled's.
+cgroup_path = {os.path.basename(top)}
 """)
         shutil.copytree(os.path.join(REPO, "backends"), f"{top}/backends")
         os.makedirs(f"{top}/etc/backend")
@@ -102,6 +102,7 @@ cgroups = no
 # Run by pam_exec inside the login, after pam_turnstile.so has returned.
 unset LD_PRELOAD PAM_WRAPPER PAM_WRAPPER_SERVICE_DIR
 echo "-- inside the session of $PAM_USER: XDG_RUNTIME_DIR=$XDG_RUNTIME_DIR"
+echo "-- its cgroup v2 group (turnstilectl status below says whether groups are in use):"; grep '^0::' /proc/self/cgroup
 ls -ld "$XDG_RUNTIME_DIR"; cat "$XDG_RUNTIME_DIR/hello" 2>/dev/null
 home=$(getent passwd "$PAM_USER" | cut -d: -f6)
 echo "-- the user's services:"; sv status "$home"/.config/service/* 2>&1
@@ -147,6 +148,7 @@ session optional pam_exec.so stdout type=open_session {show}
         session = PamLogin("login", user, f"{top}/pam.d")
         got = session.open()
         print(f"session open, XDG_RUNTIME_DIR={got.get('XDG_RUNTIME_DIR')}")
+        run(*ctl, "status")
         run(*ctl, "list-users")
         run(*ctl, "user-status", user)
         session.close()
