@@ -21,6 +21,8 @@ from dinit import DinitSetup, find_real_dinit, install_dinit
 from fakeserver import FakeServer
 from fdstore_process import LONG, Store
 from helpers import REPO_ROOT
+from login1_harness import Login1Setup
+from login1_harness import start as start_login1
 from users import ScratchUser, kill_created_users_processes, scratch_users
 
 N_TEST_USERS = 4
@@ -165,6 +167,31 @@ def daemon(sandbox: Path, request: pytest.FixtureRequest) -> Iterator[Callable[.
         kill_created_users_processes()
         if errors:
             raise errors[0]
+
+
+# -- the D-Bus API on a private system bus
+
+
+@pytest.fixture
+def login1(daemon, sandbox: Path, pam_module) -> Iterator[Callable[..., Login1Setup]]:
+    """login1(**overrides) -> Login1Setup: a private system bus (the real
+    dbus-daemon) and the real daemon serving org.freedesktop.login1 on it
+    (login1_harness.start). Logins, the daemon and the bus are stopped at
+    teardown, also when the test failed."""
+    setups: list[Login1Setup] = []
+
+    def start(**overrides: object) -> Login1Setup:
+        setup = start_login1(daemon, sandbox, **overrides)
+        setups.append(setup)
+        return setup
+
+    try:
+        yield start
+    finally:
+        for setup in setups:
+            setup.close()
+            setup.daemon.stop()
+            setup.bus.stop()
 
 
 # -- the fd store

@@ -78,6 +78,18 @@ def _trees(roots: list[int], children: dict[int, list[int]]) -> set[int]:
     return found
 
 
+def parent_of(pid: int) -> int | None:
+    """A live process's parent pid; None once it is gone (or a zombie)."""
+    found = _state_and_ppid(pid)
+    return None if found is None or found[0] == b"Z" else found[1]
+
+
+def process_trees(roots: list[int]) -> set[int]:
+    """The live processes among roots and everything below them."""
+    children = _ppids()
+    return {p for p in _trees(roots, children) if _alive(p)}
+
+
 def kill_orphans(keep: set[int], deadline: float) -> int:
     """SIGKILLs every process below the daemon that is not below a pid in
     keep (the live holders); returns how many."""

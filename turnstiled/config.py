@@ -37,6 +37,14 @@ class Config:
     adopt_timeout: float = 60.0
     pam_service: str = "turnstiled"
     pam_dir: str = ""
+    # org.freedesktop.login1 on the system bus (turnstiled/login1/): auto
+    # takes the name when a bus is there and nobody owns it, yes insists.
+    login1: str = "auto"
+    # Empty: $DBUS_SYSTEM_BUS_ADDRESS, else the standard socket.
+    system_bus_address: str = ""
+    # The active VT (sysfs) and the console VTs are switched on (seats).
+    vt_active_path: str = "/sys/class/tty/tty0/active"
+    vt_console_path: str = "/dev/tty0"
     # Where the file came from; backends read their own config from
     # `backend/` beside it, so a sandboxed instance carries its own.
     path: str = DEFAULT_PATH
@@ -117,6 +125,21 @@ def _pam_service(text: str) -> str:
     return text
 
 
+def _login1(text: str) -> str:
+    if text not in ("auto", "yes", "no"):
+        raise BadValue(f"expected auto, yes or no, got {text!r}")
+    return text
+
+
+def _bus_address(text: str) -> str:
+    # The form is D-Bus's (transport:key=value,...); the bus library checks
+    # the rest when it connects.
+    if text and ":" not in text:
+        raise BadValue(f"expected a D-Bus address like unix:path=/run/dbus/system_bus_socket, "
+                       f"got {text!r}")
+    return text
+
+
 def _size(text: str) -> str:
     """A tmpfs size: 0 (none), bytes with an optional k, m or g, or N% of RAM."""
     t = text.lower()
@@ -157,6 +180,10 @@ _PARSERS = {
     "adopt_timeout": _seconds,
     "pam_service": _pam_service,
     "pam_dir": _optional_abspath,
+    "login1": _login1,
+    "system_bus_address": _bus_address,
+    "vt_active_path": _abspath,
+    "vt_console_path": _abspath,
 }
 
 

@@ -25,6 +25,7 @@ from .config import Config
 from .fdstore import FdStore, StoreError
 from .handover import Handover, adopt
 from .registry import Registry
+from .seats import Seats
 from .server import ControlServer, RateLimitedLog, listen_unix
 from .statefiles import StateDir, StateFiles
 
@@ -112,12 +113,20 @@ async def serve(config: Config) -> None:
     children.attach(asyncio.get_running_loop())
     state = StateDir(config.state_dir)
     state.prepare()
-    registry = Registry(config, children, user_nofile, listeners=[StateFiles(state, config)])
+    registry = Registry(config, children, user_nofile)
+    seats = Seats(config.vt_active_path, config.vt_console_path,
+                  lambda: registry.sessions.values())
+    state_files = StateFiles(state, config, seats)
+    # Seats first: who is active is settled before the others describe it.
+    registry.listeners += [seats, state_files]
+    seats.listeners.append(state_files)
+    seats.follow_vt(asyncio.get_running_loop())
     control = ControlServer(registry)
     store = _take_up(config, registry, control, children)
+    api = _start_login1(config, registry, seats)
     admin_server = await asyncio.start_unix_server(
-        AdminServer(registry).handle, sock=listen_unix(config.admin_socket_path, 0o666),
-        limit=MAX_REQUEST)
+        AdminServer(registry, seats, api.status).handle,
+        sock=listen_unix(config.admin_socket_path, 0o666), limit=MAX_REQUEST)
     # The control socket last: once it listens, the whole daemon is up.
     server = await asyncio.start_unix_server(
         control.handle, sock=listen_unix(config.socket_path, 0o666))
@@ -146,6 +155,8 @@ async def serve(config: Config) -> None:
     await stop.wait()
     server.close()
     admin_server.close()
+    await api.close()
+    seats.close()
     _unlink(config.admin_socket_path)
     if store is not None and store.connected and not full_stop:
         log.info("exiting; the next turnstiled takes up every session and manager "
@@ -160,6 +171,13 @@ async def serve(config: Config) -> None:
     await registry.shutdown(SHUTDOWN_TIMEOUT)
     if store is not None:
         store.quit()
+
+
+def _start_login1(config: Config, registry: Registry, seats: Seats):
+    """The D-Bus API (turnstiled/login1/); it brings udev's seats in once it
+    serves. With login1 = no, neither dbus-fast nor pyudev is imported."""
+    from . import login1
+    return login1.start(config, registry, seats, asyncio.get_running_loop())
 
 
 def _unlink(path: str) -> None:

@@ -213,9 +213,11 @@ class Registry:
             self._last_session_gone(login)
 
     def env_for(self, session: Session) -> dict[str, str]:
-        """The environment the PAM module exports into the session."""
+        """The environment the PAM module exports into the session:
+        XDG_SESSION_ID always (as pam_systemd/pam_elogind do; tools find
+        their session by it), the runtime dir and the session bus."""
         login = self.logins[session.user.uid]
-        env = {}
+        env = {"XDG_SESSION_ID": session.id}
         if login.rundir_managed:
             # Unmanaged, the login's own PAM stack (pam_elogind) sets it.
             env["XDG_RUNTIME_DIR"] = login.rundir
