@@ -35,12 +35,17 @@ def usec(t: float) -> int:
     return int(t * 1_000_000) if t else 0
 
 
+# CLOCK_REALTIME - CLOCK_MONOTONIC, taken once: a timestamp then reads the
+# same on every call (a wall clock set later shifts none of them).
+_REALTIME_AHEAD = time.time() - time.monotonic()
+
+
 def monotonic_usec(t: float) -> int:
     """A time.time() value on CLOCK_MONOTONIC's scale, as logind reports
     both (realtime and monotonic) for every timestamp."""
     if not t:
         return 0
-    return max(0, int((t - time.time() + time.monotonic()) * 1_000_000))
+    return max(0, int((t - _REALTIME_AHEAD) * 1_000_000))
 
 
 def _view(ctx: Any, s: Session) -> dict:
