@@ -26,6 +26,8 @@ SESSION = "org.freedesktop.login1.Session"
 USER = "org.freedesktop.login1.User"
 SEAT = "org.freedesktop.login1.Seat"
 PROPERTIES = "org.freedesktop.DBus.Properties"
+# A call not answered by then fails the test rather than hanging it.
+CALL_TIMEOUT = 15
 
 
 class CallError(Exception):
@@ -49,8 +51,9 @@ async def _call(address: str, path: str, interface: str, member: str, signature:
                 args: list | None = None) -> list:
     bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
     try:
-        reply = await bus.call(Message(destination=NAME, path=path, interface=interface,
-                                       member=member, signature=signature, body=args or []))
+        reply = await asyncio.wait_for(bus.call(Message(
+            destination=NAME, path=path, interface=interface, member=member,
+            signature=signature, body=args or [])), CALL_TIMEOUT)
     finally:
         bus.disconnect()
     if reply.message_type == MessageType.ERROR:

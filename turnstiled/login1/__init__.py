@@ -75,8 +75,13 @@ def start(config: Config, registry: Registry, seats: Seats,
         return Login1(status)
     # Whether it is there, without importing it (that waits for a bus).
     import importlib.util
-    if importlib.util.find_spec("dbus_fast") is None:
-        return _unavailable(config, status, "the Python package dbus-fast is not installed")
+    try:
+        found = importlib.util.find_spec("dbus_fast") is not None
+    except (ImportError, ValueError):  # a broken or blocked install
+        found = False
+    if not found:
+        return _unavailable(config, status, "the Python package dbus-fast is not installed "
+                            "(pip install 'turnstiled[login1]')")
     from .address import system_bus_address
     from .bus import BusLink
     address = system_bus_address(config.system_bus_address)

@@ -102,7 +102,10 @@ class BusLink:
         if await self._take_name(bus):
             self._serve(service)
             log.info("login1: serving %s on %s", BUS_NAME, self.address)
-        await bus.wait_for_disconnect()
+        try:
+            await bus.wait_for_disconnect()
+        except (OSError, EOFError) as err:  # how a bus that died ends the wait
+            log.debug("login1: the connection ended: %r", err)
         log.warning("login1: the system bus went away; %s is served again once it is back",
                     BUS_NAME)
 
