@@ -188,17 +188,19 @@ class Seats:
         return seat is not None and seat.can_tty and session.facts.vtnr > 0
 
     def active_session(self, seat_id: str) -> Session | None:
-        on_seat = self.sessions_on(seat_id)
+        # One pass, no sorting: this runs at every login (state files).
         seat = self.seats.get(seat_id)
-        if seat is not None and seat.can_tty:
-            vt = self.active_vt
-            on_vt = [s for s in on_seat if s.facts.vtnr == vt]
-            return on_vt[-1] if on_vt else None
+        vt = self.active_vt if seat is not None and seat.can_tty else None
         chosen = self._chosen.get(seat_id)
-        for s in on_seat:
-            if s.id == chosen:
+        newest: Session | None = None
+        for s in self._sessions():
+            if s.facts.seat != seat_id or (vt is not None and s.facts.vtnr != vt):
+                continue
+            if vt is None and s.id == chosen:
                 return s
-        return on_seat[-1] if on_seat else None
+            if newest is None or int(s.id) > int(newest.id):
+                newest = s
+        return newest
 
     def is_active(self, session: Session) -> bool:
         if not session.facts.seat:
