@@ -9,8 +9,8 @@ until a bus is there.
 from __future__ import annotations
 
 import os
+import re
 import socket
-import urllib.parse
 
 STANDARD = "unix:path=/run/dbus/system_bus_socket"
 
@@ -28,12 +28,18 @@ def unix_targets(address: str) -> list[str]:
             continue
         for kv in params.split(","):
             key, _, value = kv.partition("=")
-            value = urllib.parse.unquote(value)
+            value = _unescape(value)
             if key == "path":
                 out.append(value)
             elif key == "abstract":
                 out.append("\0" + value)
     return out
+
+
+def _unescape(value: str) -> str:
+    # D-Bus escapes bytes as %XX (urllib.parse would do, at its cost in
+    # memory for a daemon that may wait for a bus all its life).
+    return re.sub(r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
 
 
 def reachable(address: str) -> str | None:
