@@ -248,11 +248,19 @@ def test_activate_switches_the_vt_through_the_console(two_logins):
     assert err.name == "org.freedesktop.login1.NoSuchSession"
 
 
-def test_terminate_seat_ends_its_sessions(two_logins):
+def test_terminate_seat_ends_its_sessions(two_logins, test_users):
     setup, a, b = two_logins
     setup.call(ROOT, MANAGER, "TerminateSeat", "s", ["seat0"])
     wait_for(lambda: setup.call(ROOT, MANAGER, "ListSessions") == [[
         [b.id, b.user.uid, b.user.name, "", b.path]]], 5, what="seat0's session ended")
+    c = setup.login(test_users[2], "tty5")
+
+    def ids():
+        return sorted(r[0] for r in setup.call(ROOT, MANAGER, "ListSessions")[0])
+
+    assert ids() == sorted([b.id, c.id])
+    setup.call(SEAT0, SEAT, "Terminate")
+    wait_for(lambda: ids() == [b.id], 5, what="Seat.Terminate to end the session on tty5")
 
 
 # -- User
@@ -270,6 +278,7 @@ def test_user_properties_and_state(two_logins, test_users):
     assert props["Sessions"] == [[a.id, a.path]] and props["Display"] == [a.id, a.path]
     assert props["State"] == "online" and props["Linger"] is False
     assert (props["Service"], props["Slice"]) == ("", "")
+    assert props["Timestamp"] == setup.props(a.path)["Timestamp"], "since their first login"
     setup.set_vt(3)
     assert setup.props(path)["State"] == "active"
 

@@ -154,3 +154,74 @@ def test_without_dbus_fast_the_daemon_starts_and_says_why(sandbox, daemon):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(15)
+
+
+# The rules of Debian's /usr/share/dbus-1/system.conf that matter here
+# (nobody owns names, method calls are denied unless a policy allows
+# them), plus the policy `make install` ships.
+STRICT_BUS = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+  </policy>
+  <include>{policy}</include>
+</busconfig>
+"""
+
+
+def test_the_shipped_bus_policy(daemon, sandbox, test_users):
+    """On a bus as strict as Debian's, with data/dbus-1/system.d's file:
+    root's daemon owns the name, a user may call it (and is refused by
+    the daemon, not the bus, where the call is not theirs to make), and a
+    user may not take the name."""
+    bus_dir = sandbox / "bus0"
+    bus_dir.mkdir()
+    policy = REPO_ROOT / "data" / "dbus-1" / "system.d" / "org.freedesktop.login1.conf"
+    bus = SystemBus(bus_dir).start(STRICT_BUS.replace("{policy}", str(policy)))
+    try:
+        d = daemon(login1="yes", system_bus_address=bus.address)
+        wait_for(lambda: "login1: serving" in d.log(), 10, what="the name", detail=d.log_tail)
+        client = sandbox / "busclient.py"
+        client.write_text((REPO_ROOT / "tests" / "busclient.py").read_text())
+        user = test_users[0]
+
+        def as_user(*argv: str) -> subprocess.CompletedProcess:
+            return subprocess.run(["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}",
+                                   "--init-groups", sys.executable, *argv],
+                                  capture_output=True, text=True, timeout=30)
+
+        listed = as_user(str(client), bus.address, ROOT, MANAGER, "ListSeats", "", "[]")
+        assert '"body": [[["seat0"' in listed.stdout, listed.stdout + listed.stderr
+        refused = as_user(str(client), bus.address, ROOT, MANAGER, "TerminateSeat", "s",
+                          '["seat0"]')
+        assert f"uid {user.uid} may not terminate the sessions of seat0" in refused.stdout
+        take = as_user("-c", textwrap.dedent("""
+            import asyncio, sys
+            from dbus_fast import BusType
+            from dbus_fast.aio import MessageBus
+            async def main():
+                bus = await MessageBus(bus_address=sys.argv[1],
+                                       bus_type=BusType.SYSTEM).connect()
+                try:
+                    await bus.request_name("org.freedesktop.login1")
+                except Exception as err:
+                    print(type(err).__name__, err)
+            asyncio.run(main())
+        """), bus.address)
+        assert "not allowed to own the service" in take.stdout, take.stdout + take.stderr
+    finally:
+        bus.stop()
