@@ -11,13 +11,18 @@ As a command (prints one JSON object: {"body": [...]} or {"error": NAME,
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import sys
 import threading
 from typing import Any
 
-from dbus_fast import BusType, Message, MessageType, Variant
-from dbus_fast.aio import MessageBus
+import pytest
+
+# dbus-fast is imported where it is used: without it (no login1 extra) the
+# test modules still load, and the tests that need it skip.
+needs_dbus_fast = pytest.mark.skipif(importlib.util.find_spec("dbus_fast") is None,
+                                     reason="dbus-fast is not installed (the login1 extra)")
 
 NAME = "org.freedesktop.login1"
 ROOT = "/org/freedesktop/login1"
@@ -38,6 +43,8 @@ class CallError(Exception):
 
 def plain(value: Any) -> Any:
     """Variants unwrapped, tuples as lists: what JSON can carry."""
+    from dbus_fast import Variant
+
     if isinstance(value, Variant):
         return plain(value.value)
     if isinstance(value, (list, tuple)):
@@ -49,6 +56,9 @@ def plain(value: Any) -> Any:
 
 async def _call(address: str, path: str, interface: str, member: str, signature: str = "",
                 args: list | None = None) -> list:
+    from dbus_fast import BusType, Message, MessageType
+    from dbus_fast.aio import MessageBus
+
     bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
     try:
         reply = await asyncio.wait_for(bus.call(Message(
@@ -84,7 +94,7 @@ class SignalRecorder:
         self.signals: list[tuple[str, str, str, list]] = []  # (path, iface, member, body)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._bus: MessageBus | None = None
+        self._bus: Any = None
 
     def start(self) -> SignalRecorder:
         self._thread.start()
@@ -92,6 +102,9 @@ class SignalRecorder:
         return self
 
     async def _connect(self) -> None:
+        from dbus_fast import BusType, Message
+        from dbus_fast.aio import MessageBus
+
         bus = await MessageBus(bus_address=self.address, bus_type=BusType.SYSTEM).connect()
         bus.add_message_handler(self._on_message)
         await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
@@ -99,7 +112,9 @@ class SignalRecorder:
                                signature="s", body=[f"type='signal',path_namespace='{ROOT}'"]))
         self._bus = bus
 
-    def _on_message(self, msg: Message) -> None:
+    def _on_message(self, msg: Any) -> None:
+        from dbus_fast import MessageType
+
         if msg.message_type == MessageType.SIGNAL and msg.path.startswith(ROOT):
             self.signals.append((msg.path, msg.interface, msg.member, plain(msg.body)))
 

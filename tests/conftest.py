@@ -21,8 +21,6 @@ from dinit import DinitSetup, find_real_dinit, install_dinit
 from fakeserver import FakeServer
 from fdstore_process import LONG, Store
 from helpers import REPO_ROOT
-from login1_harness import Login1Setup
-from login1_harness import start as start_login1
 from users import ScratchUser, kill_created_users_processes, scratch_users
 
 N_TEST_USERS = 4
@@ -173,14 +171,17 @@ def daemon(sandbox: Path, request: pytest.FixtureRequest) -> Iterator[Callable[.
 
 
 @pytest.fixture
-def login1(daemon, sandbox: Path, pam_module) -> Iterator[Callable[..., Login1Setup]]:
-    """login1(**overrides) -> Login1Setup: a private system bus (the real
-    dbus-daemon) and the real daemon serving org.freedesktop.login1 on it
-    (login1_harness.start). Logins, the daemon and the bus are stopped at
-    teardown, also when the test failed."""
-    setups: list[Login1Setup] = []
+def login1(daemon, sandbox: Path, pam_module) -> Iterator[Callable[..., object]]:
+    """login1(**overrides) -> login1_harness.Login1Setup: a private system
+    bus (the real dbus-daemon) and the real daemon serving
+    org.freedesktop.login1 on it (login1_harness.start). Logins, the daemon
+    and the bus are stopped at teardown, also when the test failed. Skips
+    without dbus-fast (the tests' D-Bus client)."""
+    pytest.importorskip("dbus_fast", reason="dbus-fast is not installed (the login1 extra)")
+    from login1_harness import start as start_login1
+    setups: list = []
 
-    def start(**overrides: object) -> Login1Setup:
+    def start(**overrides: object):
         setup = start_login1(daemon, sandbox, **overrides)
         setups.append(setup)
         return setup

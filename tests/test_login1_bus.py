@@ -12,7 +12,7 @@ import sys
 import textwrap
 
 import pytest
-from busclient import MANAGER, ROOT, CallError, call
+from busclient import MANAGER, ROOT, CallError, call, needs_dbus_fast
 from helpers import REPO_ROOT, wait_for
 from sysbus import SystemBus
 
@@ -52,6 +52,7 @@ def _maps(pid: int) -> str:
         return f.read()
 
 
+@needs_dbus_fast
 def test_auto_leaves_a_name_someone_else_owns(daemon, sandbox, other_owner):
     (sandbox / "bus0").mkdir()
     bus = SystemBus(sandbox / "bus0").start()
@@ -73,6 +74,7 @@ def test_auto_leaves_a_name_someone_else_owns(daemon, sandbox, other_owner):
         bus.stop()
 
 
+@needs_dbus_fast
 def test_yes_makes_a_taken_name_an_error_and_takes_it_when_free(daemon, sandbox,
                                                                  other_owner):
     bus_dir = sandbox / "bus0"
@@ -97,6 +99,7 @@ def test_yes_makes_a_taken_name_an_error_and_takes_it_when_free(daemon, sandbox,
         bus.stop()
 
 
+@needs_dbus_fast
 def test_the_service_comes_back_with_the_bus(daemon, sandbox, test_users):
     """The bus is not there when the daemon starts, appears, dies and comes
     back: the daemon serves whenever there is a bus, without a restart."""
@@ -183,6 +186,7 @@ STRICT_BUS = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
 """
 
 
+@needs_dbus_fast
 def test_the_shipped_bus_policy(daemon, sandbox, test_users):
     """On a bus as strict as Debian's, with data/dbus-1/system.d's file:
     root's daemon owns the name, a user may call it (and is refused by

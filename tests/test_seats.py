@@ -18,7 +18,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from busclient import MANAGER, ROOT, SEAT, SignalRecorder, call, get_all
+from busclient import MANAGER, ROOT, SEAT, SignalRecorder, call, get_all, needs_dbus_fast
 from sysbus import SystemBus
 
 from turnstiled.children import Children
@@ -157,6 +157,7 @@ def test_who_is_active(tmp_path):
 # -- seats appearing on the bus
 
 
+@needs_dbus_fast
 def test_seats_come_and_go_on_the_bus(tmp_path):
     """The daemon's Service and Seats in this process, on a real private
     bus; the hotplug is hand-written udev facts given to Seats.apply (what
