@@ -208,36 +208,43 @@ class Seats:
         front = self.active_session(session.facts.seat)
         return front is not None and front.id == session.id
 
-    def sessions_changed(self) -> None:
-        """Sessions opened or closed, or the VT changed: tells the listeners
-        of every seat whose active session is another one now."""
-        seat_ids = set(self.seats) | {s.facts.seat for s in self._sessions() if s.facts.seat}
-        for seat_id in sorted(seat_ids | set(self._front)):
-            after = self.active_session(seat_id)
-            before_id = self._front.get(seat_id)
+    def sessions_changed(self, seat_id: str | None = None) -> None:
+        """Sessions opened or closed on seat_id (None: on any seat, or the
+        VT changed): tells the listeners of every seat whose active session
+        is another one now. A session without a seat changes no seat."""
+        if seat_id == "":
+            return
+        if seat_id is not None:
+            seat_ids = {seat_id}
+        else:
+            seat_ids = set(self.seats) | set(self._front) | {
+                s.facts.seat for s in self._sessions() if s.facts.seat}
+        for sid in sorted(seat_ids):
+            after = self.active_session(sid)
+            before_id = self._front.get(sid)
             after_id = after.id if after is not None else None
             if before_id == after_id:
                 continue
             if after_id is None:
-                self._front.pop(seat_id, None)
+                self._front.pop(sid, None)
             else:
-                self._front[seat_id] = after_id
+                self._front[sid] = after_id
             before = next((s for s in self._sessions() if s.id == before_id), None)
             for listener in self.listeners:
                 try:
-                    listener.active_changed(seat_id, before, after)
+                    listener.active_changed(sid, before, after)
                 except Exception:
                     log.exception("%s: active_changed failed", type(listener).__name__)
 
     # -- turnstiled.registry.Listener: sessions come and go
 
     def session_opened(self, session: Session) -> None:
-        self.sessions_changed()
+        self.sessions_changed(session.facts.seat)
 
     def session_closed(self, session: Session) -> None:
         if self._chosen.get(session.facts.seat) == session.id:
             del self._chosen[session.facts.seat]
-        self.sessions_changed()
+        self.sessions_changed(session.facts.seat)
 
     def login_changed(self, login: object) -> None:
         pass
@@ -256,7 +263,7 @@ class Seats:
             self.switch_vt(session.facts.vtnr)
             return
         self._chosen[session.facts.seat] = session.id
-        self.sessions_changed()
+        self.sessions_changed(session.facts.seat)
 
     def switch_vt(self, vt: int) -> None:
         if not 0 < vt <= MAX_VT:
