@@ -469,3 +469,19 @@ def test_turnstilectl_shows_seats_and_the_active_session(two_logins):
     assert rows[a.id][3:6] == ["seat0", "tty3", "yes"]
     status = setup.daemon.ctl("status").stdout
     assert "login1: active (org.freedesktop.login1 on unix:path=" in status
+
+
+def test_the_machines_own_active_vt(login1, test_users):
+    """The daemon follows the real /sys/class/tty/tty0/active (read and
+    polled, never switched): a login on the VT in front is active."""
+    real = "/sys/class/tty/tty0/active"
+    if not os.path.exists(real):
+        pytest.skip(f"{real} does not exist here")
+    with open(real) as f:
+        front = f.read().strip()
+    setup = login1(vt_active_path=real)
+    assert f"following the active VT in {real}" in setup.daemon.log()
+    shell = setup.login(test_users[0], front)
+    props = setup.props(shell.path)
+    assert (props["Active"], props["VTNr"]) == (True, int(front[3:]))
+    assert setup.props(SEAT0)["ActiveSession"] == [shell.id, shell.path]

@@ -149,8 +149,9 @@ class Seats:
                       self.vt_active_path)
             return
         self._epoll, self._vt_fd, self._polled = ep, fd, True
-        self._reread_vt_fd()
+        self._vt = self._reread_vt_fd()
         loop.add_reader(ep.fileno(), self._vt_event)
+        log.debug("following the active VT in %s (VT %d now)", self.vt_active_path, self._vt)
 
     def _reread_vt_fd(self) -> int:
         # Reading the file from its start is what re-arms POLLPRI.
