@@ -13,6 +13,10 @@ BINDIR     ?= $(PREFIX)/bin
 SYSCONFDIR ?= /etc
 LIBEXECDIR ?= $(PREFIX)/libexec/turnstiled
 MANDIR     ?= $(PREFIX)/share/man
+# The bus policy of org.freedesktop.login1. The system bus reads
+# /usr/share/dbus-1/system.d and /etc/dbus-1/system.d only: a package
+# (PREFIX=/usr) goes to the first, a local install to the second.
+DBUSDIR    ?= $(if $(filter /usr,$(PREFIX)),/usr/share,$(SYSCONFDIR))/dbus-1/system.d
 PAMDIR     ?= $(shell sh scripts/pamdir.sh $(CC))
 PYTHON     ?= python3
 SCDOC      ?= scdoc
@@ -73,6 +77,8 @@ install: all man
 	for page in $(MANPAGES); do \
 		sect=$${page##*.}; install -d "$(DESTDIR)$(MANDIR)/man$$sect"; \
 		install -m 644 $$page "$(DESTDIR)$(MANDIR)/man$$sect/"; done
+	install -d "$(DESTDIR)$(DBUSDIR)"
+	install -m 644 data/dbus-1/system.d/org.freedesktop.login1.conf "$(DESTDIR)$(DBUSDIR)/"
 	sh scripts/install-config.sh "$(DESTDIR)" 644 "$(SUBST)" \
 		data/turnstiled.conf $(SYSCONFDIR)/turnstile/turnstiled.conf \
 		backends/runit.conf $(SYSCONFDIR)/turnstile/backend/runit.conf \
@@ -87,7 +93,7 @@ uninstall:
 	$(PYTHON) scripts/uninstall-python.py "$(DESTDIR)" "$(PREFIX)"
 	rm -f "$(DESTDIR)$(LIBEXECDIR)/runit" "$(DESTDIR)$(LIBEXECDIR)/dinit" \
 		"$(DESTDIR)$(LIBEXECDIR)/turnstiled-holder" "$(DESTDIR)$(LIBEXECDIR)/turnstiled-fdstore" \
-		"$(DESTDIR)$(PAMDIR)/pam_turnstile.so"
+		"$(DESTDIR)$(PAMDIR)/pam_turnstile.so" "$(DESTDIR)$(DBUSDIR)/org.freedesktop.login1.conf"
 	for page in $(MANPAGES); do rm -f "$(DESTDIR)$(MANDIR)/man$${page##*.}/$${page#man/}"; done
 	sh scripts/install-config.sh --remove "$(DESTDIR)" "$(SUBST)" \
 		data/turnstiled.conf $(SYSCONFDIR)/turnstile/turnstiled.conf \

@@ -102,7 +102,8 @@ cgroup_path = {os.path.basename(top)}
 # Run by pam_exec inside the login, after pam_turnstile.so has returned.
 unset LD_PRELOAD PAM_WRAPPER PAM_WRAPPER_SERVICE_DIR
 echo "-- inside the session of $PAM_USER: XDG_RUNTIME_DIR=$XDG_RUNTIME_DIR"
-echo "-- its cgroup v2 group (turnstilectl status below says whether groups are in use):"; grep '^0::' /proc/self/cgroup
+echo "-- its cgroup (turnstilectl status, below, says whether sessions get groups):"
+grep '^0::' /proc/self/cgroup
 ls -ld "$XDG_RUNTIME_DIR"; cat "$XDG_RUNTIME_DIR/hello" 2>/dev/null
 home=$(getent passwd "$PAM_USER" | cut -d: -f6)
 echo "-- the user's services:"; sv status "$home"/.config/service/* 2>&1

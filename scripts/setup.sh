@@ -1,12 +1,14 @@
 #!/bin/sh
-# Installs what turnstiled's build, demo and tests need on Debian, as root:
+# Installs what turnstiled's build, demo and tests need on Debian, as root
+# (systemd only for its loginctl, which the login1 tests run against the
+# daemon; libudev1 for pyudev):
 # the system packages and a virtualenv that every user can reach (the test
 # users run parts of it, and root's home is closed to them).
 set -eu
 
 VENV=${VENV:-/opt/turnstiled-venv}
 PACKAGES="gcc make libc6-dev libpam0g-dev runit pamtester libpam-wrapper python3 python3-venv
-          dbus-daemon valgrind scdoc mandoc man-db groff-base"
+          dbus-daemon systemd libudev1 valgrind scdoc mandoc man-db groff-base"
 
 missing=""
 for p in $PACKAGES; do

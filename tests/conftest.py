@@ -167,6 +167,34 @@ def daemon(sandbox: Path, request: pytest.FixtureRequest) -> Iterator[Callable[.
             raise errors[0]
 
 
+# -- the D-Bus API on a private system bus
+
+
+@pytest.fixture
+def login1(daemon, sandbox: Path, pam_module) -> Iterator[Callable[..., object]]:
+    """login1(**overrides) -> login1_harness.Login1Setup: a private system
+    bus (the real dbus-daemon) and the real daemon serving
+    org.freedesktop.login1 on it (login1_harness.start). Logins, the daemon
+    and the bus are stopped at teardown, also when the test failed. Skips
+    without dbus-fast (the tests' D-Bus client)."""
+    pytest.importorskip("dbus_fast", reason="dbus-fast is not installed (the login1 extra)")
+    from login1_harness import start as start_login1
+    setups: list = []
+
+    def start(**overrides: object):
+        setup = start_login1(daemon, sandbox, **overrides)
+        setups.append(setup)
+        return setup
+
+    try:
+        yield start
+    finally:
+        for setup in setups:
+            setup.close()
+            setup.daemon.stop()
+            setup.bus.stop()
+
+
 # -- the fd store
 
 

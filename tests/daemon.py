@@ -175,6 +175,10 @@ def daemon_defaults(sandbox: Path) -> dict[str, str]:
     leader, and the daemon would move the test runner into the session's
     group. Tests of tracking (test_cgroups*.py) turn it on, with a group
     path of their own, and log in from a separate login process.
+
+    login1 = no (the daemon's default is auto): a test daemon never asks the
+    machine's own system bus for org.freedesktop.login1; the D-Bus tests
+    (test_login1*.py) turn it on against a private bus.
     """
     return {
         "backend": "none",
@@ -192,6 +196,7 @@ def daemon_defaults(sandbox: Path) -> dict[str, str]:
         "login_timeout": "10",
         "user_stop_delay": "0",
         "cgroups": "no",
+        "login1": "no",
         "debug": "yes",
         "debug_stderr": "yes",
     }

@@ -54,6 +54,7 @@ WANTED = [
     "usr/share/man/man8/turnstiled.8", "usr/share/man/man5/turnstiled.conf.5",
     "usr/share/man/man1/turnstilectl.1", "usr/share/man/man8/pam_turnstile.8",
     "usr/share/man/man1/turnstile-update-runit-env.1",
+    "usr/share/dbus-1/system.d/org.freedesktop.login1.conf",
 ]
 
 

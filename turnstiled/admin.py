@@ -17,7 +17,8 @@ import time
 
 from . import ADMIN_PROTOCOL, __version__, linger, views
 from .cgroups import parse_signal
-from .registry import Login, LoginError, Registry, Session
+from .registry import Login, Registry, Session
+from .seats import Seats
 from .server import RateLimitedLog, peer_credentials
 from .users import User, lookup_name, lookup_uid, may_act_for
 
@@ -58,9 +59,13 @@ def _bad(message: str) -> RequestError:
 
 
 class AdminServer:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, seats: Seats | None = None,
+                 login1: object | None = None) -> None:
         self.registry = registry
         self.config = registry.config
+        self.seats = seats
+        # The D-Bus API's status (turnstiled.login1.Status), for status.
+        self.login1 = login1
         self.connections: collections.Counter[int] = collections.Counter()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -178,7 +183,7 @@ class AdminServer:
 
     def user_status(self, login: Login) -> dict:
         out = views.user(login, self.config)
-        out["session_details"] = [views.session(s) for s in login.sessions.values()]
+        out["session_details"] = [views.session(s, self.seats) for s in login.sessions.values()]
         ready = login.last_ready
         out["last_ready"] = None if ready is None else {
             "waited_ms": ready.waited_ms,
@@ -201,7 +206,25 @@ class AdminServer:
             "linger_disabled": linger.disabled_reason(self.config),
             "tracking": reg.groups.mode, "tracking_reason": reg.groups.reason,
             "kill_user_processes": self.config.kill_user_processes,
+            "login1": self.login1.as_dict() if self.login1 is not None else None,
         }
+
+    def cmd_list_seats(self, args: dict, peer_uid: int) -> list:
+        if self.seats is None:
+            return []
+        return [views.seat(self.seats.seats[sid], self.seats) for sid in sorted(self.seats.seats)]
+
+    def cmd_seat_status(self, args: dict, peer_uid: int) -> dict:
+        sid = args.get("seat") or "seat0"
+        if not isinstance(sid, str) or len(sid) > 64:
+            raise _bad("seat must be a seat name")
+        seat = self.seats.seats.get(sid) if self.seats is not None else None
+        if seat is None:
+            raise _not_found(f"no such seat: {sid}")
+        out = views.seat(seat, self.seats)
+        out["session_details"] = [views.session(s, self.seats)
+                                  for s in self.seats.sessions_on(sid)]
+        return out
 
     def cmd_list_users(self, args: dict, peer_uid: int) -> list:
         logins = sorted(self.registry.logins.values(), key=lambda lg: lg.user.uid)
@@ -209,13 +232,13 @@ class AdminServer:
 
     def cmd_list_sessions(self, args: dict, peer_uid: int) -> list:
         sessions = sorted(self.registry.sessions.values(), key=lambda s: int(s.id))
-        return [views.session(s) for s in sessions]
+        return [views.session(s, self.seats) for s in sessions]
 
     def cmd_show_user(self, args: dict, peer_uid: int) -> dict:
         return views.user(self._login(self._user_arg(args, peer_uid)), self.config)
 
     def cmd_show_session(self, args: dict, peer_uid: int) -> dict:
-        return views.session(self._session_arg(args))
+        return views.session(self._session_arg(args), self.seats)
 
     def cmd_user_status(self, args: dict, peer_uid: int) -> dict:
         user = self._user_arg(args, peer_uid)
@@ -286,10 +309,7 @@ class AdminServer:
         sig = self._signal_arg(args)
         if not may_act_for(peer_uid, session.user.uid):
             raise _refused(f"session {session.id} belongs to {session.user.name}")
-        try:
-            count = self.registry.kill_session(session, sig)
-        except LoginError as err:
-            raise _refused(str(err)) from None
+        count = self.registry.kill_session(session, sig)
         log.info("signal %d sent to %d processes of session %s by uid %d", sig, count,
                  session.id, peer_uid)
         return {"id": session.id, "signal": sig, "processes": count}
@@ -300,10 +320,7 @@ class AdminServer:
         if not may_act_for(peer_uid, user.uid):
             raise _refused(f"only root may signal {user.name}'s processes")
         self._login(user)
-        try:
-            count = self.registry.kill_user(user.uid, sig)
-        except LoginError as err:
-            raise _refused(str(err)) from None
+        count = self.registry.kill_user(user.uid, sig)
         log.info("signal %d sent to %d processes of %s by uid %d", sig, count, user.name,
                  peer_uid)
         return {"user": user.name, "signal": sig, "processes": count}
@@ -343,6 +360,8 @@ _COMMANDS = {
     "show-user": AdminServer.cmd_show_user,
     "show-session": AdminServer.cmd_show_session,
     "user-status": AdminServer.cmd_user_status,
+    "list-seats": AdminServer.cmd_list_seats,
+    "seat-status": AdminServer.cmd_seat_status,
     "enable-linger": AdminServer.cmd_enable_linger,
     "disable-linger": AdminServer.cmd_disable_linger,
     "terminate-session": AdminServer.cmd_terminate_session,

@@ -72,16 +72,38 @@ def _trees(roots: list[int], children: dict[int, list[int]]) -> set[int]:
     return found
 
 
-def ancestors(pid: int) -> list[int]:
-    """pid's parent, its parent, and so on up to init (nearest first)."""
-    out: list[int] = []
-    while pid > 1 and len(out) < 4096:
-        found = _state_and_ppid(pid)
-        if found is None:
-            break
-        pid = found[1]
-        out.append(pid)
-    return out
+def parent_of(pid: int) -> int | None:
+    """A live process's parent pid; None once it is gone (or a zombie)."""
+    found = _state_and_ppid(pid)
+    return None if found is None or found[0] == b"Z" else found[1]
+
+
+def process_trees(roots: list[int]) -> set[int]:
+    """The live processes among roots and everything below them."""
+    children = _ppids()
+    return {p for p in _trees(roots, children) if _alive(p)}
+
+
+def uid_of(pid: int) -> int | None:
+    """The uid a process runs as; None once it is gone."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def signal_pids(pids: set[int], sig: int) -> int:
+    """Sends sig to each of pids (never to init or to us); how many got it."""
+    sent = 0
+    for pid in pids:
+        if pid <= 1 or pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, sig)
+            sent += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    return sent
 
 
 def kill_orphans(keep: set[int], deadline: float) -> int:

@@ -42,6 +42,14 @@ class Config:
     cgroup_path: str = "turnstiled"
     kill_user_processes: bool = False
     kill_exclude_users: tuple[str, ...] = ("root",)
+    # org.freedesktop.login1 on the system bus (turnstiled/login1/): auto
+    # takes the name when a bus is there and nobody owns it, yes insists.
+    login1: str = "auto"
+    # Empty: $DBUS_SYSTEM_BUS_ADDRESS, else the standard socket.
+    system_bus_address: str = ""
+    # The active VT (sysfs) and the console VTs are switched on (seats).
+    vt_active_path: str = "/sys/class/tty/tty0/active"
+    vt_console_path: str = "/dev/tty0"
     # Where the file came from; backends read their own config from
     # `backend/` beside it, so a sandboxed instance carries its own.
     path: str = DEFAULT_PATH
@@ -122,7 +130,7 @@ def _pam_service(text: str) -> str:
     return text
 
 
-def _cgroups(text: str) -> str:
+def _auto_yes_no(text: str) -> str:
     if text not in ("auto", "yes", "no"):
         raise BadValue(f"expected auto, yes or no, got {text!r}")
     return text
@@ -139,6 +147,15 @@ def _cgroup_path(text: str) -> str:
 def _names(text: str) -> tuple[str, ...]:
     """User names, separated by spaces or commas (nothing: none)."""
     return tuple(n for n in text.replace(",", " ").split() if n)
+
+
+def _bus_address(text: str) -> str:
+    # The form is D-Bus's (transport:key=value,...); the bus library checks
+    # the rest when it connects.
+    if text and ":" not in text:
+        raise BadValue(f"expected a D-Bus address like unix:path=/run/dbus/system_bus_socket, "
+                       f"got {text!r}")
+    return text
 
 
 def _size(text: str) -> str:
@@ -181,10 +198,14 @@ _PARSERS = {
     "adopt_timeout": _seconds,
     "pam_service": _pam_service,
     "pam_dir": _optional_abspath,
-    "cgroups": _cgroups,
+    "cgroups": _auto_yes_no,
     "cgroup_path": _cgroup_path,
     "kill_user_processes": _bool,
     "kill_exclude_users": _names,
+    "login1": _auto_yes_no,
+    "system_bus_address": _bus_address,
+    "vt_active_path": _abspath,
+    "vt_console_path": _abspath,
 }
 
 

@@ -97,9 +97,40 @@ USER_COLUMNS = [("UID", "uid"), ("USER", "user"), ("STATE", "state"),
                 ("SESSIONS", "session_count"), ("MANAGER PID", "manager_pid"),
                 ("BACKEND", "backend"), ("LINGER", "linger")]
 SESSION_COLUMNS = [("ID", "id"), ("UID", "uid"), ("USER", "user"), ("SEAT", "seat"),
-                   ("TTY", "tty"), ("CLASS", "class"), ("TYPE", "type"),
+                   ("TTY", "tty"), ("ACTIVE", "active"), ("CLASS", "class"), ("TYPE", "type"),
                    ("SERVICE", "service"), ("REMOTE", "remote"), ("LEADER", "leader"),
                    ("STATE", "state"), ("SINCE", "since_text")]
+
+
+SEAT_COLUMNS = [("SEAT", "id"), ("ACTIVE SESSION", "active_session"),
+                ("SESSIONS", "session_count"), ("VT", "active_vt"), ("TTY", "can_tty"),
+                ("GRAPHICAL", "can_graphical")]
+
+
+def _session_line(s: dict) -> str:
+    where = s["tty"] or s["display"] or "-"
+    seat = f" on {s['seat']}" + (f" vt{s['vtnr']}" if s.get("vtnr") else "") if s["seat"] else ""
+    remote = f" from {s['remote_host']}" if s["remote"] else ""
+    state = ", closing" if s.get("state") == "closing" else ", active" if s.get("active") else ""
+    return (f"{s['id']}: {s['service']} on {where}{seat}{remote} ({s['class']}/{s['type']}"
+            f"{state}), leader {s['leader']}, since {_when(s['since'])}")
+
+
+def render_seat_status(d: dict) -> str:
+    lines = [d["id"]]
+    if d.get("active_vt"):
+        lines.append(f"  Active VT: {d['active_vt']}")
+    lines.append(f"  Active session: {d.get('active_session') or '-'}")
+    lines.append(f"  Can TTY: {'yes' if d['can_tty'] else 'no'}; can graphical: "
+                 f"{'yes' if d['can_graphical'] else 'no'}")
+    sessions = d.get("session_details") or []
+    lines.append(f"  Sessions: {len(sessions)}")
+    lines += [f"    {_session_line(s)}" for s in sessions]
+    devices = d.get("devices") or []
+    if devices:
+        lines.append("  Devices:")
+        lines += [f"    {dev}" for dev in devices]
+    return "\n".join(lines)
 
 
 def render_user_status(d: dict) -> str:
@@ -118,12 +149,7 @@ def render_user_status(d: dict) -> str:
             lines.append(f"    {d['runtime_dir_problem']}")
     sessions = d.get("session_details") or []
     lines.append(f"  Sessions: {len(sessions)}")
-    for s in sessions:
-        where = s["tty"] or s["display"] or s["seat"] or "-"
-        remote = f" from {s['remote_host']}" if s["remote"] else ""
-        closing = ", closing" if s.get("state") == "closing" else ""
-        lines.append(f"    {s['id']}: {s['service']} on {where}{remote} ({s['class']}/"
-                     f"{s['type']}), leader {s['leader']}, since {_when(s['since'])}{closing}")
+    lines += [f"    {_session_line(s)}" for s in sessions]
     ready = d.get("last_ready")
     if ready:
         lines.append(f"  Last start: ready after {ready['waited_ms']:g} ms")
@@ -156,6 +182,11 @@ def render_status(d: dict) -> str:
         if d["tracking"] == "cgroup":
             kill = "killed" if d.get("kill_user_processes") else "kept"
             lines.append(f"  Processes left at logout: {kill}")
+    login1 = d.get("login1")
+    if login1:
+        mark = "error: " if login1["error"] else ""
+        detail = f" ({login1['detail']})" if login1["detail"] else ""
+        lines.append(f"  login1: {mark}{login1['state']}{detail}")
     return "\n".join(lines)
 
 
@@ -206,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, what in (("enable-linger", "keep"), ("disable-linger", "stop keeping")):
         command(name, f"{what} users' managers without a login (default: yourself)") \
             .add_argument("users", nargs="*")
+    command("list-seats", "seats, their active session and VT")
+    command("seat-status", "a seat's sessions and devices (default: seat0)") \
+        .add_argument("seat", nargs="?")
     command("terminate-user", "end all of a user's sessions and their manager") \
         .add_argument("user")
     command("terminate-session", "end one session").add_argument("id")
@@ -238,8 +272,15 @@ def main(argv: list[str] | None = None) -> int:
     def linger_note(d):
         return f"warning: {d['warning']}" if d.get("warning") else ""
 
+    def seats_table(rows):
+        for r in rows:
+            r["session_count"] = len(r["sessions"])
+        return table(rows, SEAT_COLUMNS, legend)
+
     commands = {
         "status": ({}, render_status),
+        "list-seats": ({}, seats_table),
+        "seat-status": ({"seat": getattr(args, "seat", None)}, render_seat_status),
         "list-users": ({}, users_table),
         "list-sessions": ({}, sessions_table),
         "show-user": ({"user": getattr(args, "user", None)}, properties),

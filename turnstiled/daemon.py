@@ -25,6 +25,7 @@ from .config import Config
 from .fdstore import FdStore, StoreError
 from .handover import Handover, adopt
 from .registry import Registry
+from .seats import Seats
 from .server import ControlServer, RateLimitedLog, listen_unix
 from .statefiles import StateDir, StateFiles
 
@@ -114,15 +115,22 @@ async def serve(config: Config) -> None:
     state.prepare()
     groups = tracking.choose(config)
     log.info("session tracking: %s (%s)", groups.mode, groups.reason)
-    registry = Registry(config, children, user_nofile, listeners=[StateFiles(state, config)],
-                        groups=groups)
+    registry = Registry(config, children, user_nofile, groups=groups)
+    seats = Seats(config.vt_active_path, config.vt_console_path,
+                  lambda: registry.sessions.values())
+    state_files = StateFiles(state, config, seats)
+    # Seats first: who is active is settled before the others describe it.
+    registry.listeners += [seats, state_files]
+    seats.listeners.append(state_files)
+    seats.follow_vt(asyncio.get_running_loop())
     control = ControlServer(registry)
     store = _take_up(config, registry, control, children)
     # Groups no taken-up session or manager holds are a previous run's.
     groups.leftovers(_groups_in_use(registry))
+    api = _start_login1(config, registry, seats)
     admin_server = await asyncio.start_unix_server(
-        AdminServer(registry).handle, sock=listen_unix(config.admin_socket_path, 0o666),
-        limit=MAX_REQUEST)
+        AdminServer(registry, seats, api.status).handle,
+        sock=listen_unix(config.admin_socket_path, 0o666), limit=MAX_REQUEST)
     # The control socket last: once it listens, the whole daemon is up.
     server = await asyncio.get_running_loop().create_unix_server(
         control, sock=listen_unix(config.socket_path, 0o666))
@@ -154,6 +162,8 @@ async def serve(config: Config) -> None:
     await stop.wait()
     server.close()
     admin_server.close()
+    await api.close()
+    seats.close()
     _unlink(config.admin_socket_path)
     if store is not None and store.connected and not full_stop:
         log.info("exiting; the next turnstiled takes up every session and manager "
@@ -177,6 +187,13 @@ def _groups_in_use(registry: Registry) -> set[str]:
         if login.manager is not None and login.manager.group is not None:
             paths.add(login.manager.group.path)
     return paths
+
+
+def _start_login1(config: Config, registry: Registry, seats: Seats):
+    """The D-Bus API (turnstiled/login1/); it brings udev's seats in once it
+    serves. With login1 = no, neither dbus-fast nor pyudev is imported."""
+    from . import login1
+    return login1.start(config, registry, seats, asyncio.get_running_loop())
 
 
 def _unlink(path: str) -> None:

@@ -11,7 +11,8 @@ session) and the exchange is:
             later, OK_DONE or ERR (failed, timed out) and close
     client  REQ_ENV
     server  ENV, an unsigned int length, then NAME=value\0 entries
-            (XDG_RUNTIME_DIR, DBUS_SESSION_BUS_ADDRESS; length 0: none)
+            (XDG_SESSION_ID, XDG_RUNTIME_DIR, DBUS_SESSION_BUS_ADDRESS;
+            length 0: none)
 
 The client then holds the connection for the whole session: its close is
 the logout. Anything else (an unknown byte, a length out of bounds, a

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import children as proc_tree
-from . import linger, rundir
+from . import linger, rundir, sessionof
 from .children import Children
 from .config import Config
 from .manager import Manager, ReadyReport
@@ -288,9 +288,11 @@ class Registry:
             self._last_session_gone(login)
 
     def env_for(self, session: Session) -> dict[str, str]:
-        """The environment the PAM module exports into the session."""
+        """The environment the PAM module exports into the session:
+        XDG_SESSION_ID always (as pam_systemd/pam_elogind do; tools find
+        their session by it), the runtime dir and the session bus."""
         login = self.logins[session.user.uid]
-        env = {}
+        env = {"XDG_SESSION_ID": session.id}
         if login.rundir_managed:
             # Unmanaged, the login's own PAM stack (pam_elogind) sets it.
             env["XDG_RUNTIME_DIR"] = login.rundir
@@ -357,26 +359,35 @@ class Registry:
         elif not self._keeps_manager(login):
             self._stop(login)
 
-    def kill_session(self, session: Session, sig: int) -> int:
-        """Sends sig to every process of the session; how many got it.
-        LoginError without a group: the processes are not known."""
-        if session.group is None:
-            raise LoginError(f"session {session.id} has no group ({self.groups.reason}): "
-                             "its processes are not known")
-        return session.group.signal(sig)
+    def kill_session(self, session: Session, sig: int, leader_only: bool = False) -> int:
+        """Sends sig to every process of the session (or to its leader
+        alone); how many got it. With a group, every process in it; without,
+        the leader's process tree, which a daemonised process has left."""
+        if leader_only:
+            return proc_tree.signal_pids({session.leader}, sig)
+        if session.group is not None:
+            return session.group.signal(sig)
+        return proc_tree.signal_pids(proc_tree.process_trees([session.leader]), sig)
 
     def kill_user(self, uid: int, sig: int) -> int:
-        """Sends sig to every process of the user's sessions and manager."""
+        """Sends sig to every process of the user's sessions and manager:
+        their groups; without, the user's processes in their process trees."""
         login = self.logins.get(uid)
         if login is None:
             return 0
-        groups = [s.group for s in login.sessions.values()]
-        if login.manager is not None:
-            groups.append(login.manager.group)
-        if not self.groups.tracking or not any(groups):
-            raise LoginError(f"{login.user.name} has no groups ({self.groups.reason}): "
-                             "their processes are not known")
-        return sum(g.signal(sig) for g in groups if g is not None)
+        count, roots = 0, []
+        for s in login.sessions.values():
+            if s.group is not None:
+                count += s.group.signal(sig)
+            else:
+                roots.append(s.leader)
+        m = login.manager
+        if m is not None and m.group is not None:
+            count += m.group.signal(sig)
+        elif m is not None and m.pid:
+            roots.append(m.pid)
+        untracked = {p for p in proc_tree.process_trees(roots) if proc_tree.uid_of(p) == uid}
+        return count + proc_tree.signal_pids(untracked, sig)
 
     # -- which session a process is in
 
@@ -390,13 +401,8 @@ class Registry:
                 return None  # a manager's process: no session's
             session = self.sessions.get(place.session)
             return session if session is not None and session.user.uid == place.uid else None
-        untracked = {s.leader: s for s in self.sessions.values() if s.group is None}
-        if not untracked:
-            return None
-        for ancestor in proc_tree.ancestors(pid):
-            if ancestor in untracked:
-                return untracked[ancestor]
-        return None
+        return sessionof.session_of_pid(
+            (s for s in self.sessions.values() if s.group is None), pid)
 
     def login_of_pid(self, pid: int) -> Login | None:
         """The Login pid belongs to: through its session or manager group,

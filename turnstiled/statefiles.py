@@ -18,6 +18,7 @@ from .text import escape
 
 if TYPE_CHECKING:
     from .registry import Login, Session
+    from .seats import Seat, Seats
 
 log = logging.getLogger("turnstiled")
 
@@ -67,10 +68,11 @@ class StateDir:
 
 
 class StateFiles:
-    """The registry's listener that keeps the state files true."""
+    """The registry's listener that keeps the state files true; with seats,
+    also theirs (a session's ACTIVE changes with the VT)."""
 
-    def __init__(self, state: StateDir, config: Config) -> None:
-        self.state, self.config = state, config
+    def __init__(self, state: StateDir, config: Config, seats: Seats | None = None) -> None:
+        self.state, self.config, self.seats = state, config, seats
 
     def login_changed(self, login: Login) -> None:
         self.state.write_user(login.user.uid, views.user_file(login, self.config))
@@ -79,13 +81,27 @@ class StateFiles:
         self.state.remove_user(login.user.uid)
 
     def session_opened(self, session: Session) -> None:
-        self.state.write_session(session.id, views.session_file(session))
+        self.state.write_session(session.id, views.session_file(session, self.seats))
 
     def session_closed(self, session: Session) -> None:
         self.state.remove_session(session.id)
 
     def session_changed(self, session: Session) -> None:
-        self.state.write_session(session.id, views.session_file(session))
+        self.session_opened(session)
+
+    # -- turnstiled.seats.SeatListener
+
+    def active_changed(self, seat_id: str, before: Session | None,
+                       after: Session | None) -> None:
+        for session in (before, after):
+            if session is not None:
+                self.session_opened(session)
+
+    def seat_added(self, seat: Seat) -> None:
+        pass
+
+    def seat_removed(self, seat: Seat) -> None:
+        pass
 
 
 def _write(directory: str, name: str, text: str) -> bool:

@@ -21,6 +21,7 @@ from .config import Config
 
 if TYPE_CHECKING:
     from .registry import Login, Session
+    from .seats import Seat, Seats
 
 # State-file keys that are not the field's name upper-cased (kept for the
 # readers that already use them).
@@ -45,16 +46,31 @@ def user(login: Login, config: Config) -> dict[str, object]:
     }
 
 
-def session(s: Session) -> dict[str, object]:
+def session(s: Session, seats: Seats | None = None) -> dict[str, object]:
+    """A session; active as logind has it (seats.is_active): without seats
+    known, every open session counts as active. Its state is logind's:
+    closing, else active or online."""
     f = s.facts
+    closing = s.state.value == "closing"
+    active = not closing and (seats is None or seats.is_active(s))
     return {
-        "id": s.id, "uid": s.user.uid, "user": s.user.name,
-        "active": s.state == "open", "seat": f.seat,
+        "id": s.id, "uid": s.user.uid, "user": s.user.name, "active": active,
+        "state": "closing" if closing else "active" if active else "online", "seat": f.seat,
         "tty": f.tty, "display": f.display, "class": f.klass, "type": f.type,
         "service": f.service, "desktop": f.desktop, "vtnr": f.vtnr, "remote": f.remote,
         "remote_host": f.remote_host, "remote_user": f.remote_user, "leader": s.leader,
-        "since": s.since, "state": s.state.value,
+        "since": s.since,
         "cgroup": s.group.path if s.group is not None else None,
+    }
+
+
+def seat(st: Seat, seats: Seats) -> dict[str, object]:
+    front = seats.active_session(st.id)
+    return {
+        "id": st.id, "active_session": front.id if front is not None else None,
+        "sessions": [s.id for s in seats.sessions_on(st.id)],
+        "can_tty": st.can_tty, "can_graphical": st.can_graphical,
+        "active_vt": seats.active_vt if st.can_tty else None, "devices": list(st.devices),
     }
 
 
@@ -62,8 +78,8 @@ def user_file(login: Login, config: Config) -> dict[str, object]:
     return _file_fields(user(login, config), _FILE_KEYS)
 
 
-def session_file(s: Session) -> dict[str, object]:
-    return _file_fields(session(s), _SESSION_FILE_KEYS)
+def session_file(s: Session, seats: Seats | None = None) -> dict[str, object]:
+    return _file_fields(session(s, seats), _SESSION_FILE_KEYS)
 
 
 def _file_fields(view: dict[str, object], renamed: dict[str, str]) -> dict[str, object]:
