@@ -148,7 +148,8 @@ def test_last_logout_stops_everything(runit_daemon, test_user, pam_module):
     wait_gone(test_user.uid, 10)
     assert time.monotonic() - t0 < 10
     wait_for(lambda: not os.path.exists(d.rundir(test_user.uid)), 5)
-    assert d.user_state(test_user.uid) is None
+    # The runtime dir goes as the Login ends, its state file just after.
+    wait_for(lambda: d.user_state(test_user.uid) is None, 5, what="the user's state file to go")
 
 
 def test_core_service_that_never_comes_up_fails_the_login(runit_daemon, test_user,
