@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from c_parts import build_module
+from cgroup import CgroupTree, writable_mount
 from daemon import Daemon, start_daemon
 from dinit import DinitSetup, find_real_dinit, install_dinit
 from fakeserver import FakeServer
@@ -230,3 +231,14 @@ def real_dinit() -> Path:
 def dinit_setup(daemon, sandbox, real_dinit, pam_module) -> DinitSetup:
     """Starts daemons with the dinit backend on a copy of the real dinit."""
     return DinitSetup(daemon, install_dinit(real_dinit, sandbox / "dinit-bin"))
+
+
+@pytest.fixture
+def cgroup_tree():
+    """A group tree of the test's own on the real cgroup2 mount (skips
+    without a writable one); what is left in it (a test that ends with a
+    session open) is killed and the tree removed at the end."""
+    tree = CgroupTree(writable_mount())
+    yield tree
+    tree.clean()
+    assert not tree.root.exists(), f"cannot remove {tree.root}: {tree.tree(tree.root)}"

@@ -14,22 +14,12 @@ import subprocess
 import time
 
 import pytest
-from cgroup import CgroupTree, group_of, populated, procs, writable_mount
+from cgroup import group_of, populated, procs
 from helpers import children_of, procs_of, wait_for
 from login_process import LoginProcess
 from pamclient import PamLogin
 from runit import Services, runsvdirs
 from users import setpriv
-
-
-@pytest.fixture
-def cgroup_tree():
-    """A group tree of the test's own; what is left in it (a test that
-    ends with a session open) is killed and the tree removed at the end."""
-    tree = CgroupTree(writable_mount())
-    yield tree
-    tree.clean()
-    assert not tree.root.exists(), f"cannot remove {tree.root}: {tree.tree(tree.root)}"
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ and Slice are empty: there are no systemd units (loginctl then shows none).
 
 State, from turnstiled.views.user and the sessions: active (a session of
 theirs is active), online (sessions, none active), lingering (no session,
-the manager kept by linger), closing (no session, the manager on its way
-out or in its stop delay). offline is what logind says of a user it does
+the manager kept by linger), closing (no session but closing ones, or the
+manager on its way out or in its stop delay). offline is what logind says of a user it does
 not track, which is never published.
 """
 
@@ -29,10 +29,13 @@ NAME = "org.freedesktop.login1.User"
 
 def state(ctx: Any, login: Login) -> str:
     view = views.user(login, ctx.config)
-    if login.sessions:
-        if any(ctx.seats.is_active(s) for s in login.sessions.values()):
+    logged_in = [s for s in login.sessions.values() if s.state.value != "closing"]
+    if logged_in:
+        if any(ctx.seats.is_active(s) for s in logged_in):
             return "active"
         return "online"
+    if login.sessions:
+        return "closing"  # logged out, processes of their sessions still run
     if view["state"] == "lingering" and view["linger"]:
         return "lingering"
     if view["state"] == "starting" and view["linger"]:
