@@ -89,6 +89,9 @@ pam_dir = {top}/pam.d
 # cgroups = auto, as by default: sessions get groups under a name of the
 # demo's own, beside any real turnstiled's.
 cgroup_path = {os.path.basename(top)}
+# login1 = auto would take org.freedesktop.login1 on this machine's system
+# bus, where nobody owns it: not the demo's to claim.
+login1 = no
 """)
         shutil.copytree(os.path.join(REPO, "backends"), f"{top}/backends")
         os.makedirs(f"{top}/etc/backend")
