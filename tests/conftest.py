@@ -22,6 +22,7 @@ from dinit import DinitSetup, find_real_dinit, install_dinit
 from fakeserver import FakeServer
 from fdstore_process import LONG, Store
 from helpers import REPO_ROOT
+from holder_process import Holder, Setup
 from users import ScratchUser, kill_created_users_processes, scratch_users
 
 N_TEST_USERS = 4
@@ -242,3 +243,21 @@ def cgroup_tree():
     yield tree
     tree.clean()
     assert not tree.root.exists(), f"cannot remove {tree.root}: {tree.tree(tree.root)}"
+
+
+@pytest.fixture
+def holders() -> Iterator[list[Holder]]:
+    """The holders a test starts (holder_process.Holder), killed at its end
+    with whatever of the test users' they left (a failed test's manager,
+    say, which would otherwise fail the tests after it)."""
+    started: list[Holder] = []
+    yield started
+    for h in started:
+        h.kill()
+    kill_created_users_processes()
+
+
+@pytest.fixture
+def setup(sandbox: Path, test_user: ScratchUser) -> Setup:
+    """A holder's sandbox: the fake backend, its out dir, a PAM dir."""
+    return Setup(sandbox, test_user)

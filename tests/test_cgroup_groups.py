@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from cgroup import CgroupTree, group_of, writable_mount
+from cgroup import CgroupTree, group_of
 
 from turnstiled import tracking
 from turnstiled.cgroups import Hierarchy, Place, find_mount, parse_signal, place_of
@@ -21,14 +21,6 @@ from turnstiled.config import Config
 # starts two processes ignoring SIGTERM (or not) and waits.
 STUBBORN = "trap '' TERM; sleep 300 & sleep 301 & wait"
 OBEDIENT = "sleep 300 & sleep 301 & wait"
-
-
-@pytest.fixture
-def tree():
-    t = CgroupTree(writable_mount())
-    yield t
-    t.clean()
-    assert not t.root.exists()
 
 
 def spawn_in(group, script: str) -> subprocess.Popen:
@@ -49,13 +41,13 @@ def groups_of(t: CgroupTree, **kw) -> tracking.CgroupTracking:
 
 
 @pytest.mark.parametrize("use_kill_file", [True, False])
-def test_ending_a_group_kills_what_ignores_sigterm_within_the_bound(tree, use_kill_file):
-    group_path = tree.session(0, "1")
+def test_ending_a_group_kills_what_ignores_sigterm_within_the_bound(cgroup_tree, use_kill_file):
+    group_path = cgroup_tree.session(0, "1")
     proc = spawn_in(group_path, STUBBORN)
     wait_members(group_path, 3)
 
     async def main():
-        groups = groups_of(tree, use_kill_file=use_kill_file, term_bound=0.5)
+        groups = groups_of(cgroup_tree, use_kill_file=use_kill_file, term_bound=0.5)
         group = groups.session_group(0, "1")
         t0 = time.monotonic()
         assert await group.end_and_wait(5)
@@ -74,13 +66,13 @@ def test_ending_a_group_kills_what_ignores_sigterm_within_the_bound(tree, use_ki
         assert 0.5 <= took < 3  # TERM ignored: KILL after the bound
 
 
-def test_without_cgroup_kill_a_group_that_obeys_sigterm_ends_before_the_bound(tree):
-    group_path = tree.session(0, "2")
+def test_without_cgroup_kill_a_group_that_obeys_sigterm_ends_before_the_bound(cgroup_tree):
+    group_path = cgroup_tree.session(0, "2")
     proc = spawn_in(group_path, OBEDIENT)
     wait_members(group_path, 3)
 
     async def main():
-        groups = groups_of(tree, use_kill_file=False, term_bound=5)
+        groups = groups_of(cgroup_tree, use_kill_file=False, term_bound=5)
         t0 = time.monotonic()
         assert await groups.session_group(0, "2").end_and_wait(10)
         await groups.close()
@@ -90,15 +82,15 @@ def test_without_cgroup_kill_a_group_that_obeys_sigterm_ends_before_the_bound(tr
     assert proc.wait(5) == -15
 
 
-def test_the_watch_hears_the_last_process_go_and_not_before(tree):
-    group_path = tree.session(0, "3")
+def test_the_watch_hears_the_last_process_go_and_not_before(cgroup_tree):
+    group_path = cgroup_tree.session(0, "3")
     first = spawn_in(group_path, "exec sleep 300")
     wait_members(group_path, 1)
     second = subprocess.Popen(["sleep", "300"])
     (group_path / "cgroup.procs").write_text(str(second.pid))
 
     async def main():
-        groups = groups_of(tree)
+        groups = groups_of(cgroup_tree)
         group = groups.session_group(0, "3")
         heard = asyncio.Event()
         group.on_empty(heard.set)
@@ -118,19 +110,20 @@ def test_the_watch_hears_the_last_process_go_and_not_before(tree):
     assert not group_path.exists()
 
 
-def test_a_session_leader_is_moved_in_named_and_handed_back(tree):
-    origin = tree.root / "origin"
+def test_a_session_leader_is_moved_in_named_and_handed_back(cgroup_tree):
+    origin = cgroup_tree.root / "origin"
     leader = spawn_in(origin, "exec sleep 300")
     wait_members(origin, 1)
     try:
         async def main():
-            groups = groups_of(tree)
+            groups = groups_of(cgroup_tree)
             group = groups.enter_session(1234, "7", leader.pid)
-            assert group is not None and group_of(leader.pid) == tree.rel(tree.session(1234, "7"))
+            session_group = cgroup_tree.session(1234, "7")
+            assert group is not None and group_of(leader.pid) == cgroup_tree.rel(session_group)
             assert groups.place_of(leader.pid) == Place(1234, "7")
             assert group.leader_origin == str(origin)
             group.let_leader_go()
-            assert group_of(leader.pid) == tree.rel(origin) and not group.populated()
+            assert group_of(leader.pid) == cgroup_tree.rel(origin) and not group.populated()
             group.let_leader_go()  # once only
             # A next daemon knows the leader again while it is in the group.
             again = groups.enter_session(1234, "9", leader.pid)
@@ -138,7 +131,7 @@ def test_a_session_leader_is_moved_in_named_and_handed_back(tree):
             assert found.leader_origin == str(origin)
             again.release()
             found.let_leader_go()
-            assert group_of(leader.pid) == tree.rel(origin)
+            assert group_of(leader.pid) == cgroup_tree.rel(origin)
             # A leader already gone leaves an empty group, not an error.
             gone = subprocess.Popen(["true"])
             gone.wait()
@@ -150,12 +143,12 @@ def test_a_session_leader_is_moved_in_named_and_handed_back(tree):
         leader.wait(5)
 
 
-def test_choose_says_which_mode_and_why(tree):
-    on = tracking.choose(Config(cgroups="auto", cgroup_path=tree.name))
-    assert on.mode == "cgroup" and str(tree.root) in on.reason
-    off = tracking.choose(Config(cgroups="no", cgroup_path=tree.name))
+def test_choose_says_which_mode_and_why(cgroup_tree):
+    on = tracking.choose(Config(cgroups="auto", cgroup_path=cgroup_tree.name))
+    assert on.mode == "cgroup" and str(cgroup_tree.root) in on.reason
+    off = tracking.choose(Config(cgroups="no", cgroup_path=cgroup_tree.name))
     assert off.mode == "none" and "cgroups = no" in off.reason
-    missing = tracking.choose(Config(cgroups="yes", cgroup_path=tree.name),
+    missing = tracking.choose(Config(cgroups="yes", cgroup_path=cgroup_tree.name),
                               mountinfo="22 1 0:21 / /proc rw - proc proc rw\n")
     assert missing.mode == "none" and "no cgroup2 hierarchy" in missing.reason
 

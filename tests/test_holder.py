@@ -28,25 +28,7 @@ from helpers import (
     wait_for,
     wait_gone,
 )
-from holder_process import Holder, Setup, stop_and_wait, write
-from users import kill_created_users_processes
-
-
-@pytest.fixture
-def holders():
-    """The holders a test starts, killed at its end with whatever of the
-    test users' they left (a failed test's manager, say, which would
-    otherwise fail the tests after it)."""
-    started: list[Holder] = []
-    yield started
-    for h in started:
-        h.kill()
-    kill_created_users_processes()
-
-
-@pytest.fixture
-def setup(sandbox, test_user):
-    return Setup(sandbox, test_user)
+from holder_process import Holder, stop_and_wait, write
 
 
 def _manager_execd(h: Holder) -> int:

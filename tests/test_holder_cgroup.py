@@ -6,55 +6,32 @@ is the daemon's: test_cgroups.py.)"""
 
 from __future__ import annotations
 
-import pytest
-from cgroup import CgroupTree, group_of, procs, writable_mount
+from cgroup import group_of, procs
 from helpers import cmdline_of, procs_of, wait_for
-from holder_process import Setup, stop_and_wait
-from users import kill_created_users_processes
+from holder_process import stop_and_wait
 
 
-@pytest.fixture
-def tree():
-    t = CgroupTree(writable_mount())
-    yield t
-    t.clean()
-
-
-@pytest.fixture
-def holders():
-    started = []
-    yield started
-    for h in started:
-        h.kill()
-    kill_created_users_processes()
-
-
-@pytest.fixture
-def setup(sandbox, test_user):
-    return Setup(sandbox, test_user)
-
-
-def test_run_and_ready_start_in_the_group_and_the_holder_does_not(setup, holders, tree,
+def test_run_and_ready_start_in_the_group_and_the_holder_does_not(setup, holders, cgroup_tree,
                                                                   test_user):
-    group = tree.manager(test_user.uid)
+    group = cgroup_tree.manager(test_user.uid)
     group.mkdir(parents=True)
     setup.ready(f"cat /proc/self/cgroup > {setup.out}/ready.cgroup\necho 'up a'\nexit 0")
     h = setup.start(holders, cgroup=str(group))
     verb, pid = h.event()
     assert verb == "pid", (verb, pid, h.log())
     wait_for(lambda: cmdline_of(int(pid)).startswith("sleep"), 5, what="run to exec")
-    assert group_of(int(pid)) == tree.rel(group)
-    assert group_of(h.pid) != tree.rel(group)
+    assert group_of(int(pid)) == cgroup_tree.rel(group)
+    assert group_of(h.pid) != cgroup_tree.rel(group)
     h.send("ready", "x")
     h.until("ready-exit")
-    assert f"0::{tree.rel(group)}" in (setup.out / "ready.cgroup").read_text()
+    assert f"0::{cgroup_tree.rel(group)}" in (setup.out / "ready.cgroup").read_text()
     stop_and_wait(h, test_user)
     assert procs(group) == []
 
 
-def test_a_group_it_cannot_enter_is_an_error_and_nothing_runs(setup, holders, tree,
+def test_a_group_it_cannot_enter_is_an_error_and_nothing_runs(setup, holders, cgroup_tree,
                                                               test_user):
-    h = setup.start(holders, cgroup=str(tree.root / "missing"))
+    h = setup.start(holders, cgroup=str(cgroup_tree.root / "missing"))
     verb, msg = h.event()
     assert verb == "error" and "No such file" in msg, (verb, msg)
     assert h.until("gone") == [("gone", "")]
