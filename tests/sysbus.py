@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from helpers import wait_for
 
-# Everyone may connect, own any name and call anything: the daemon's
-# methods check who calls themselves, which is what the tests look at.
-# (The shipped policy, data/dbus-1/system.d/, is checked on its own.)
-CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+
+def bus_config(rules: str, extra: str = "") -> str:
+    """A system bus's config file on SOCKET (filled in at start): these
+    policy rules for everyone, then extra (an <include>, say)."""
+    return ("""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
   <type>system</type>
@@ -26,7 +27,15 @@ CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configurat
   <auth>EXTERNAL</auth>
   <policy context="default">
     <allow user="*"/>
-    <allow own="*"/>
+""" + rules + """  </policy>
+""" + extra + """</busconfig>
+""")
+
+
+# Everyone may connect, own any name and call anything: the daemon's
+# methods check who calls themselves, which is what the tests look at.
+# (The shipped policy, data/dbus-1/system.d/, is checked on its own.)
+CONFIG = bus_config("""    <allow own="*"/>
     <allow send_destination="*"/>
     <allow send_type="method_call"/>
     <allow send_type="method_return"/>
@@ -36,9 +45,7 @@ CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configurat
     <allow receive_type="method_return"/>
     <allow receive_type="error"/>
     <allow receive_type="signal"/>
-  </policy>
-</busconfig>
-"""
+""")
 
 
 class SystemBus:

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 from busclient import MANAGER, ROOT, CallError, call, needs_dbus_fast
 from helpers import REPO_ROOT, wait_for
-from sysbus import SystemBus
+from sysbus import SystemBus, bus_config
 
 # A second program that owns the name first, as elogind would.
 OWNER = textwrap.dedent("""
@@ -162,15 +162,7 @@ def test_without_dbus_fast_the_daemon_starts_and_says_why(sandbox, daemon):
 # The rules of Debian's /usr/share/dbus-1/system.conf that matter here
 # (nobody owns names, method calls are denied unless a policy allows
 # them), plus the policy `make install` ships.
-STRICT_BUS = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
+STRICT_BUS = bus_config("""    <deny own="*"/>
     <deny send_type="method_call"/>
     <allow send_type="signal"/>
     <allow send_requested_reply="true" send_type="method_return"/>
@@ -180,10 +172,7 @@ STRICT_BUS = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
     <allow receive_type="error"/>
     <allow receive_type="signal"/>
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-  </policy>
-  <include>{policy}</include>
-</busconfig>
-"""
+""", "  <include>{policy}</include>\n")
 
 
 @needs_dbus_fast
