@@ -386,6 +386,8 @@ class Registry:
             count += m.group.signal(sig)
         elif m is not None and m.pid:
             roots.append(m.pid)
+        if not roots:  # everything in groups: no walk of /proc
+            return count
         untracked = {p for p in proc_tree.process_trees(roots) if proc_tree.uid_of(p) == uid}
         return count + proc_tree.signal_pids(untracked, sig)
 
