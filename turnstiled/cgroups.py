@@ -19,6 +19,8 @@ import re
 import signal
 from dataclasses import dataclass
 
+from .children import signal_pids
+
 MOUNTINFO = "/proc/self/mountinfo"
 _USER = re.compile(r"user-(\d+)")
 _SESSION = re.compile(r"session-(\d+)")
@@ -176,14 +178,7 @@ def kill_all(path: str) -> None:
 
 def signal_all(path: str, sig: int) -> int:
     """Sends sig to every pid in the group; returns how many got it."""
-    sent = 0
-    for pid in procs(path):
-        try:
-            os.kill(pid, sig)
-            sent += 1
-        except ProcessLookupError:
-            pass
-    return sent
+    return signal_pids(set(procs(path)), sig)
 
 
 def remove(path: str) -> bool:
