@@ -115,9 +115,42 @@ def rss_kb(pid: int | str = "self") -> int:
 
 
 def cmdline_of(pid: int | str) -> str:
-    """The command line, arguments joined by spaces; "" for a zombie or a
-    kernel thread."""
-    return _read(f"/proc/{pid}/cmdline").replace(b"\0", b" ").decode(errors="replace").strip()
+    """The command line, arguments joined by spaces; "" for a zombie, a
+    kernel thread or a process that is gone (it may end while it is read)."""
+    try:
+        cmdline = _read(f"/proc/{pid}/cmdline")
+    except OSError:
+        return ""
+    return cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def _stat_fields(pid: int | str) -> tuple[str, list[bytes]]:
+    """/proc/PID/stat as (comm, the fields after it: state, ppid ...)."""
+    stat = _read(f"/proc/{pid}/stat")
+    # comm may hold spaces and parentheses: it ends at the last ")".
+    end = stat.rfind(b")")
+    return stat[stat.index(b"(") + 1:end].decode(errors="replace"), stat[end + 2:].split()
+
+
+def proc_state(pid: int | str) -> str | None:
+    """pid's one-letter state (R, S, T, Z ...); None: no such process."""
+    try:
+        return _stat_fields(pid)[1][0].decode()
+    except OSError:
+        return None
+
+
+def exited(pid: int | str) -> bool:
+    """Whether pid has exited: no such process, or a zombie not yet reaped."""
+    return proc_state(pid) in (None, "Z")
+
+
+def children_pids(pid: int) -> list[int]:
+    """The pids of pid's children (those its main thread started)."""
+    try:
+        return [int(p) for p in _read(f"/proc/{pid}/task/{pid}/children").split()]
+    except OSError:
+        return []
 
 
 def _pids() -> list[int]:
@@ -149,27 +182,23 @@ def procs_of(uid: int) -> list[tuple[int, str]]:
     (zombies, which have no command line, are left out)."""
     out = []
     for pid in pids_of(uid):
-        try:
-            cmd = cmdline_of(pid)
-        except OSError:
-            continue
+        cmd = cmdline_of(pid)
         if cmd:
             out.append((pid, cmd))
     return out
 
 
 def children_of(ppid: int) -> list[tuple[int, str]]:
-    """(pid, comm) of every process whose parent is ppid."""
+    """(pid, comm) of every process whose parent is ppid (children_pids is
+    quicker where the parent's threads do not matter)."""
     out = []
     for pid in _pids():
         try:
-            stat = _read(f"/proc/{pid}/stat")
+            comm, fields = _stat_fields(pid)
         except OSError:
             continue
-        # comm may hold spaces and parentheses: it ends at the last ")".
-        end = stat.rfind(b")")
-        if int(stat[end + 2:].split()[1]) == ppid:
-            out.append((pid, stat[stat.index(b"(") + 1:end].decode(errors="replace")))
+        if int(fields[1]) == ppid:
+            out.append((pid, comm))
     return out
 
 
