@@ -19,11 +19,14 @@ from c_parts import build_module
 from cgroup import CgroupTree, writable_mount
 from daemon import Daemon, start_daemon
 from dinit import DinitSetup, find_real_dinit, install_dinit
+from fake_registry import FakeRundirs
 from fakeserver import FakeServer
 from fdstore_process import LONG, Store
 from helpers import REPO_ROOT
 from holder_process import Holder, Setup
 from users import ScratchUser, kill_created_users_processes, scratch_users
+
+from turnstiled import registry
 
 N_TEST_USERS = 4
 N_MANY_USERS = 40
@@ -167,6 +170,18 @@ def daemon(sandbox: Path, request: pytest.FixtureRequest) -> Iterator[Callable[.
         kill_created_users_processes()
         if errors:
             raise errors[0]
+
+
+# -- the registry on its own
+
+
+@pytest.fixture
+def rundir_stand_in(monkeypatch: pytest.MonkeyPatch) -> FakeRundirs:
+    """The registry makes runtime dirs through a stand-in that needs no
+    root (fake_registry.FakeRundirs says why that is enough)."""
+    stand_in = FakeRundirs()
+    monkeypatch.setattr(registry, "rundir", stand_in)
+    return stand_in
 
 
 # -- the D-Bus API on a private system bus

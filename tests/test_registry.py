@@ -1,214 +1,32 @@
-"""The Login and Session state machines on their own, in milliseconds: the
-real Registry with a fake manager (it only records what it is asked, and
-reports ready, failed or gone when the test says so) and, for sessions
-tracked by cgroups, fake groups (the test says when one holds processes
-and when it empties). The real manager runs in test_runit.py,
-test_dinit.py and test_holder_death.py; real groups in test_cgroups.py."""
+"""The Login state machine on its own, in milliseconds and without root:
+the real Registry with a fake manager (tests/fake_registry.py). The real
+manager runs in test_runit.py, test_dinit.py and test_holder_death.py;
+sessions tracked by cgroups are in test_registry_sessions.py, the registry
+on real processes in test_registry_processes.py."""
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 import os
-import signal
-import subprocess
 
 import pytest
-from helpers import read_kv, wait_for
+from fake_registry import USER, Harness, run
 
-from turnstiled.cgroups import Place
-from turnstiled.config import Config
-from turnstiled.manager import ReadyReport
-from turnstiled.protocol import Handshake
-from turnstiled.registry import MAX_RESTARTS, LoginState, Registry, SessionState
-from turnstiled.statefiles import StateDir, StateFiles
-from turnstiled.users import User
+from turnstiled.registry import MAX_RESTARTS, LoginState, Registry
 
-USER = User("tsdfake", 4_000_123, 4_000_123, "/", "/bin/sh", (4_000_123,))
-FACTS = Handshake(uid=USER.uid, vtnr=0, remote=False, service="login", type="tty",
-                  klass="user")
+pytestmark = pytest.mark.usefixtures("rundir_stand_in")
+
+# The table's Logins have a stop delay, never waited out: it is over when
+# the test says so (stop_delay_over).
+STOP_DELAY = 10.0
 
 
-class FakeManager:
-    """Stands in for turnstiled.manager.Manager: no holder, no processes."""
-
-    def __init__(self, config, user, rundir, events, children, nofile) -> None:
-        self.user, self.events = user, events
-        self.pid: int | None = None
-        self.since = 0.0
-        self.started = False
-        self.stops = 0
-        self.group = None
-
-    def start(self) -> None:
-        self.started = True
-
-    def stop(self) -> None:
-        self.stops += 1
-
-    # what the test makes it report
-    def ready(self) -> None:
-        self.events.manager_ready(self, ReadyReport(1.0, [("core", 1.0)]))
-
-    def fail(self) -> None:
-        self.events.manager_failed(self, "it failed")
-
-    def gone(self, status: int = 0) -> None:
-        self.events.manager_gone(self, status)
-
-
-class Recorder:
-    """A listener that notes what it hears: (event, login state or session id)."""
-
-    def __init__(self, heard: list) -> None:
-        self.heard = heard
-
-    def login_changed(self, login) -> None:
-        self.heard.append(("login_changed", login.public_state))
-
-    def login_ended(self, login) -> None:
-        self.heard.append(("login_ended", login.user.name))
-
-    def session_opened(self, session) -> None:
-        self.heard.append(("session_opened", session.id))
-
-    def session_closed(self, session) -> None:
-        self.heard.append(("session_closed", session.id))
-
-    def session_changed(self, session) -> None:
-        self.heard.append(("session_changed", session.state.value))
-
-
-class FakeGroup:
-    """Stands in for turnstiled.tracking.Group: holds `procs` processes
-    until the test empties it; records what it is asked."""
-
-    def __init__(self, path: str, procs: int) -> None:
-        self.path, self.procs = path, procs
-        self.ends = 0
-        self.signals: list[int] = []
-        self.released = False
-        self.leader_gone = False
-        self._on_empty: list = []
-
-    def populated(self) -> bool:
-        return self.procs > 0
-
-    def on_empty(self, call) -> None:
-        self._on_empty.append(call)
-
-    def end(self) -> None:
-        assert self.leader_gone, "the leader is let go before its group is ended"
-        self.ends += 1
-
-    def let_leader_go(self) -> None:
-        self.leader_gone = True
-
-    def signal(self, sig: int) -> int:
-        self.signals.append(sig)
-        return self.procs
-
-    def release(self) -> None:
-        self.released = True
-
-    # what the test makes happen
-    def empty(self) -> None:
-        """Its last process exits (the kernel's populated 0)."""
-        self.procs = 0
-        calls, self._on_empty = self._on_empty, []
-        for call in calls:
-            call()
-
-
-class FakeTracking:
-    """Stands in for turnstiled.tracking.CgroupTracking: a session's group
-    holds `procs` processes (its leader and what it started)."""
-
-    mode, reason, tracking = "cgroup", "fake groups", True
-
-    def __init__(self, procs: int = 2) -> None:
-        self.procs = procs
-        self.sessions: dict[str, FakeGroup] = {}
-        self.places: dict[int, Place] = {}
-
-    def enter_session(self, uid: int, sid: str, leader: int) -> FakeGroup:
-        group = self.sessions[sid] = FakeGroup(f"user-{uid}/session-{sid}", self.procs)
-        self.places[leader] = Place(uid, sid)
-        return group
-
-    def manager_group(self, uid: int, make: bool = True) -> FakeGroup:
-        return FakeGroup(f"user-{uid}/manager", 1)
-
-    def place_of(self, pid: int) -> Place | None:
-        return self.places.get(pid)
-
-
-class Harness:
-    def __init__(self, tmp_path, groups=None, **config) -> None:
-        settings = dict(backend="runit", state_dir=str(tmp_path / "state"),
-                        linger_dir=str(tmp_path / "linger"), manage_rundir=True,
-                        rundir_path=str(tmp_path / "user" / "%u"), rundir_size="0",
-                        user_stop_delay=0.0)
-        settings.update(config)
-        os.makedirs(tmp_path / "user", exist_ok=True)
-        self.managers: list[FakeManager] = []
-        state = StateDir(settings["state_dir"])
-        state.prepare()
-
-        def factory(*args) -> FakeManager:
-            m = FakeManager(*args)
-            self.managers.append(m)
-            return m
-
-        config = Config(**settings)
-        self.heard: list[tuple[str, str]] = []
-        self.reg = Registry(config, None, manager_factory=factory,
-                            listeners=[StateFiles(state, config), Recorder(self.heard)],
-                            groups=groups)
-        self.state_dir = tmp_path / "state"
-        self.linger_dir = tmp_path / "linger"
-
-    @property
-    def manager(self) -> FakeManager:
-        return self.managers[-1]
-
-    def login(self):
-        return self.reg.logins.get(USER.uid)
-
-    def state(self) -> str:
-        login = self.login()
-        return "ended" if login is None else login.public_state
-
-    def published(self) -> str | None:
-        state = read_kv(self.state_dir / "users" / str(USER.uid))
-        return None if state is None else state["STATE"]
-
-    def open(self, leader: int = 1):
-        return self.reg.open_session(USER, FACTS, leader)
-
-    def set_linger(self, on: bool) -> None:
-        """As enable-linger / disable-linger do: the file, then the registry."""
-        path = self.linger_dir / USER.name
-        if on:
-            path.parent.mkdir(exist_ok=True)
-            path.touch()
-        else:
-            path.unlink()
-        self.reg.linger_changed(USER)
-
-    def close_all(self) -> None:
-        for s in list(self.login().sessions.values()):
-            self.reg.close_session(s)
-
-
-def run(coro):
-    return asyncio.run(coro)
-
-
-def test_a_login_waits_for_its_manager_and_is_answered(tmp_path):
+def test_a_login_waits_for_its_manager_and_is_answered(tmp_path, rundir_stand_in):
     async def main():
         h = Harness(tmp_path)
         s1 = h.open()
         assert h.manager.started and h.state() == "starting" and not s1.outcome.done()
+        assert rundir_stand_in.made == [str(tmp_path / "user" / str(USER.uid))]
         s2 = h.open()  # joins the same start
         assert len(h.managers) == 1
         h.manager.ready()
@@ -221,72 +39,181 @@ def test_a_login_waits_for_its_manager_and_is_answered(tmp_path):
         h.manager.gone()
         assert h.state() == "ended" and h.published() is None
         assert not os.path.exists(tmp_path / "user" / str(USER.uid))
+        assert len(rundir_stand_in.made) == 1
     run(main())
 
 
-def _into(h: Harness, state: str) -> None:
-    h.open()
-    if state == "ready":
-        h.manager.ready()
-    elif state == "stopping":
-        h.manager.ready()
-        h.close_all()
-    elif state == "failed":
-        h.manager.fail()
-    assert h.login().state == state
+# Every public state (Login.public_state): the LoginStates, and lingering,
+# a ready Login without sessions whose manager is kept.
+STATES = (*(s.value for s in LoginState), "lingering")
 
+# Each event, and the Registry entry point it goes through.
+EVENTS = {
+    "open": "open_session",
+    "close": "close_session",  # of every session the Login has
+    "progressed": "manager_progressed",
+    "ready": "manager_ready",
+    "fail": "manager_failed",
+    "gone": "manager_gone",
+    "linger_on": "linger_changed",
+    "linger_off": "linger_changed",
+    "terminate_user": "terminate_user",
+    "stop_delay_over": "_stop_delay_over",  # run also where no delay runs: it changes nothing
+}
 
-# state x event: the Login's public state after, and how many managers were
-# made in all. Each row is one combination; none is left out.
-TABLE = {
-    ("starting", "open"): ("starting", 1),
-    ("starting", "close"): ("stopping", 1),
-    ("starting", "ready"): ("ready", 1),
-    ("starting", "fail"): ("failed", 1),
-    ("starting", "gone"): ("failed", 1),
-    ("ready", "open"): ("ready", 1),
-    ("ready", "close"): ("stopping", 1),
-    ("ready", "ready"): ("ready", 1),
-    ("ready", "fail"): ("ready", 1),
-    ("ready", "gone"): ("starting", 2),  # a crash: restarted
-    ("stopping", "open"): ("stopping", 1),  # and a fresh start once it is gone
-    ("stopping", "close"): ("stopping", 1),
-    ("stopping", "ready"): ("stopping", 1),
-    ("stopping", "fail"): ("stopping", 1),
-    ("stopping", "gone"): ("ended", 1),
-    ("failed", "open"): ("failed", 1),
-    ("failed", "close"): ("failed", 1),
-    ("failed", "ready"): ("failed", 1),
-    ("failed", "fail"): ("failed", 1),
-    ("failed", "gone"): ("failed", 1),  # its session still open: it ends with it
+# The entry points no column of the table goes through, and why.
+NOT_IN_THE_TABLE = {
+    "session_emptied": "a session's event: test_registry_sessions.py",
+    "terminate_session": "a session's event: test_registry_sessions.py",
+    "start_lingering": "makes Logins at daemon start, before any state: test_admin.py",
+    "adopt": "takes a Login up from a previous daemon: test_restart.py",
+    "_stop_all": "the daemon's stop, which ends every Login whatever its state",
 }
 
 
-@pytest.mark.parametrize(("state", "event"), sorted(TABLE))
+def _into(h: Harness, state: str) -> None:
+    """Brings h's Login into state, with one session unless it lingers."""
+    if state == "lingering (linger file)":
+        h.set_linger(True)
+        state = "lingering"
+    h.open()
+    if state == "failed":
+        h.manager.fail()
+    if state in ("ready", "lingering", "stopping"):
+        h.manager.ready()
+    if state in ("lingering", "stopping"):
+        h.close_all()
+    if state == "stopping":
+        h.stop_delay_over()
+    assert h.state() == state
+
+
+def _apply(h: Harness, event: str) -> None:
+    if event == "open":
+        h.open()
+    elif event == "close":
+        h.close_all()
+    elif event in ("linger_on", "linger_off"):
+        h.set_linger(event == "linger_on")
+    elif event == "terminate_user":
+        h.reg.terminate_user(USER.uid)
+    elif event == "stop_delay_over":
+        h.stop_delay_over()
+    else:
+        getattr(h.manager, {"progressed": "progress"}.get(event, event))()
+
+
+# (state, event) -> the Login's public state after, how many managers were
+# made in all, and how many stops they were asked for in all. (*) A stop
+# asked of a manager already stopping: Manager.stop takes it once.
+TABLE = {
+    ("starting", "open"): ("starting", 1, 0),
+    ("starting", "close"): ("stopping", 1, 1),  # no delay for a manager not yet up
+    ("starting", "progressed"): ("starting", 1, 0),
+    ("starting", "ready"): ("ready", 1, 0),
+    ("starting", "fail"): ("failed", 1, 0),
+    ("starting", "gone"): ("failed", 1, 0),
+    ("starting", "linger_on"): ("starting", 1, 0),
+    ("starting", "linger_off"): ("starting", 1, 0),
+    ("starting", "terminate_user"): ("stopping", 1, 2),  # asked twice (*)
+    ("starting", "stop_delay_over"): ("starting", 1, 0),
+    ("ready", "open"): ("ready", 1, 0),
+    ("ready", "close"): ("lingering", 1, 0),  # the stop delay runs
+    ("ready", "progressed"): ("ready", 1, 0),
+    ("ready", "ready"): ("ready", 1, 0),
+    ("ready", "fail"): ("ready", 1, 0),
+    ("ready", "gone"): ("starting", 2, 0),  # a crash: restarted
+    ("ready", "linger_on"): ("ready", 1, 0),
+    ("ready", "linger_off"): ("ready", 1, 0),
+    ("ready", "terminate_user"): ("stopping", 1, 1),  # without the stop delay
+    ("ready", "stop_delay_over"): ("ready", 1, 0),
+    ("lingering", "open"): ("ready", 1, 0),  # back within the delay: the same manager
+    ("lingering", "close"): ("lingering", 1, 0),
+    ("lingering", "progressed"): ("lingering", 1, 0),
+    ("lingering", "ready"): ("lingering", 1, 0),
+    ("lingering", "fail"): ("lingering", 1, 0),
+    ("lingering", "gone"): ("ended", 1, 0),  # no one wants it restarted
+    ("lingering", "linger_on"): ("lingering", 1, 0),  # and kept past the delay
+    ("lingering", "linger_off"): ("stopping", 1, 1),  # a disable-linger cuts the delay short
+    ("lingering", "terminate_user"): ("stopping", 1, 1),
+    ("lingering", "stop_delay_over"): ("stopping", 1, 1),
+    ("stopping", "open"): ("stopping", 1, 1),  # and a fresh start once it is gone
+    ("stopping", "close"): ("stopping", 1, 1),
+    ("stopping", "progressed"): ("stopping", 1, 1),
+    ("stopping", "ready"): ("stopping", 1, 1),
+    ("stopping", "fail"): ("stopping", 1, 1),
+    ("stopping", "gone"): ("ended", 1, 1),
+    ("stopping", "linger_on"): ("stopping", 1, 1),  # and a fresh start once it is gone
+    ("stopping", "linger_off"): ("stopping", 1, 2),  # asked again (*)
+    ("stopping", "terminate_user"): ("stopping", 1, 2),  # asked again (*)
+    ("stopping", "stop_delay_over"): ("stopping", 1, 2),  # asked again (*)
+    ("failed", "open"): ("failed", 1, 0),  # and a fresh start once it is gone
+    ("failed", "close"): ("failed", 1, 1),  # stopped; it ends once the manager is gone
+    ("failed", "progressed"): ("failed", 1, 0),
+    ("failed", "ready"): ("failed", 1, 0),
+    ("failed", "fail"): ("failed", 1, 0),
+    ("failed", "gone"): ("failed", 1, 0),  # its session still open: it ends with it
+    ("failed", "linger_on"): ("failed", 1, 0),
+    ("failed", "linger_off"): ("failed", 1, 0),
+    ("failed", "terminate_user"): ("failed", 1, 2),  # asked twice (*)
+    ("failed", "stop_delay_over"): ("failed", 1, 0),
+}
+
+# Lingering because of a linger file rather than the stop delay: where it
+# differs, linger holds the manager.
+LINGERING_BY_FILE = {
+    "open": ("ready", 1, 0),
+    "close": ("lingering", 1, 0),
+    "progressed": ("lingering", 1, 0),
+    "ready": ("lingering", 1, 0),
+    "fail": ("lingering", 1, 0),
+    "gone": ("starting", 2, 0),  # a crash: restarted, linger wants it
+    "linger_on": ("lingering", 1, 0),
+    "linger_off": ("stopping", 1, 1),
+    "terminate_user": ("lingering", 1, 0),  # terminate-user ends sessions, not linger
+    "stop_delay_over": ("lingering", 1, 0),
+}
+
+
+def test_the_table_has_every_state_and_event():
+    assert set(TABLE) == set(itertools.product(STATES, EVENTS))
+    assert set(LINGERING_BY_FILE) == set(EVENTS)
+    entry_points = {name for name, value in vars(Registry).items()
+                    if hasattr(value, "__wrapped__")}  # functools.wraps of _entry_point
+    assert entry_points == set(EVENTS.values()) | set(NOT_IN_THE_TABLE)
+
+
+CASES = [*TABLE, *(("lingering (linger file)", event) for event in LINGERING_BY_FILE)]
+
+
+@pytest.mark.parametrize(("state", "event"), CASES)
 def test_every_state_and_event(tmp_path, state, event):
     async def main():
-        h = Harness(tmp_path)
+        h = Harness(tmp_path, user_stop_delay=STOP_DELAY)
         _into(h, state)
-        if event == "open":
-            h.open()
-        elif event == "close":
-            h.close_all()
-        else:
-            getattr(h.manager, event)()
-        after, managers = TABLE[(state, event)]
-        assert (h.state(), len(h.managers)) == (after, managers)
+        _apply(h, event)
+        expected = (LINGERING_BY_FILE[event] if state == "lingering (linger file)"
+                    else TABLE[(state, event)])
+        after = h.state()
+        assert (after, len(h.managers), sum(m.stops for m in h.managers)) == expected
         assert h.published() == (None if after == "ended" else after)
-        # Whatever happened, closing every session and letting each manager
-        # go ends the Login: nothing is left behind.
+        # Whatever happened, turning linger off, closing every session, the
+        # delay running out and each manager going end the Login: nothing
+        # is left behind.
         for _ in range(3):
             if h.login() is None:
                 break
+            if h.lingers():
+                h.set_linger(False)
             h.close_all()
+            if h.login() is not None:
+                h.stop_delay_over()
             if h.login() is not None and h.login().manager is not None:
                 h.login().manager.gone()
         assert h.state() == "ended" and h.reg.sessions == {}
         assert not list((tmp_path / "state" / "users").iterdir())
         assert not list((tmp_path / "state" / "sessions").iterdir())
+        assert not (tmp_path / "user" / str(USER.uid)).exists()
     run(main())
 
 
@@ -320,17 +247,18 @@ def test_crashes_are_restarted_up_to_the_limit(tmp_path):
 
 def test_the_stop_delay_keeps_the_manager_and_a_login_cancels_it(tmp_path):
     async def main():
-        h = Harness(tmp_path, user_stop_delay=0.05)
+        h = Harness(tmp_path, user_stop_delay=STOP_DELAY)
         _into(h, "ready")
         h.close_all()
         assert h.state() == "lingering" and h.manager.stops == 0
-        await asyncio.sleep(0.02)
+        assert 0 < h.stop_delay_left() <= STOP_DELAY
+        timer = h.login().stop_timer
         h.open()  # back within the delay: the same manager, answered at once
         assert h.state() == "ready" and len(h.managers) == 1
-        await asyncio.sleep(0.1)
-        assert h.manager.stops == 0
-        h.close_all()
-        await asyncio.sleep(0.1)
+        assert timer.cancelled() and h.stop_delay_left() is None
+        h.close_all()  # a new delay, in full
+        assert h.state() == "lingering" and h.manager.stops == 0
+        h.stop_delay_over()
         assert h.state() == "stopping" and h.manager.stops == 1
     run(main())
 
@@ -431,231 +359,3 @@ def test_a_failing_listener_breaks_nothing(tmp_path, caplog):
         assert h.state() == "ended" and h.published() is None
     run(main())
     assert "Broken: login_changed failed" in caplog.text
-
-
-# -- sessions tracked by cgroups
-
-def _tracked(tmp_path, procs: int = 2, **config) -> tuple[Harness, FakeTracking]:
-    groups = FakeTracking(procs)
-    h = Harness(tmp_path, groups=groups, **config)
-    return h, groups
-
-
-def _session_state(h: Harness, s) -> str:
-    if h.reg.sessions.get(s.id) is not s:
-        return "ended"
-    return s.state.value
-
-
-# (session state, whether its group holds processes, event) -> (the
-# session's state after, the Login's public state after, how many times
-# its group was ended). One session, a ready manager; each row one case.
-SESSION_TABLE = {
-    ("open", True, "close"): ("closing", "ready", 0),
-    ("open", False, "close"): ("ended", "stopping", 0),
-    ("open", True, "emptied"): ("open", "ready", 0),  # the connection holds it
-    ("open", True, "terminate"): ("closing", "ready", 1),
-    ("open", False, "terminate"): ("ended", "stopping", 1),
-    ("closing", True, "close"): ("closing", "ready", 0),
-    ("closing", True, "emptied"): ("ended", "stopping", 0),
-    ("closing", True, "terminate"): ("closing", "ready", 1),
-}
-
-
-@pytest.mark.parametrize(("state", "populated", "event"), sorted(SESSION_TABLE))
-def test_every_session_state_and_event(tmp_path, state, populated, event):
-    async def main():
-        h, groups = _tracked(tmp_path, procs=2 if populated else 0)
-        s = h.open()
-        h.manager.ready()
-        closed = []
-        s.close_connection = lambda: closed.append(s.id)
-        if state == "closing":
-            h.reg.close_session(s)
-        assert s.state == state
-        group = groups.sessions[s.id]
-        if event == "close":
-            h.reg.close_session(s)
-        elif event == "emptied":
-            group.empty()
-        else:
-            h.reg.terminate_session(s)
-            assert closed == [s.id]
-        after, login_after, ends = SESSION_TABLE[(state, populated, event)]
-        assert (_session_state(h, s), h.state(), group.ends) == (after, login_after, ends)
-        published = read_kv(h.state_dir / "sessions" / s.id)
-        # Published as logind has it: an open session without seats is active.
-        assert (published or {}).get("STATE", "ended") == {"open": "active"}.get(after, after)
-        assert group.released == (after == "ended")
-        # However it got here, the group emptying and the connection
-        # closing end it, and the manager with it.
-        group.empty()
-        h.reg.close_session(s)
-        assert _session_state(h, s) == "ended" and h.state() == "stopping"
-    run(main())
-
-
-def test_closing_is_heard_and_can_only_follow_open(tmp_path):
-    async def main():
-        h, groups = _tracked(tmp_path)
-        s = h.open()
-        h.manager.ready()
-        h.heard.clear()
-        h.reg.close_session(s)
-        assert h.heard == [("session_changed", "closing"), ("login_changed", "ready")]
-        h.heard.clear()
-        groups.sessions[s.id].empty()
-        assert h.heard[0] == ("session_closed", s.id)
-        with pytest.raises(AssertionError, match="closing -> closing"):
-            h.reg._set_session_state(s, SessionState.CLOSING)
-    run(main())
-
-
-@pytest.mark.parametrize(("kill", "excluded", "ends"), [
-    (True, "root", 1), (True, f"root {USER.name}", 0), (False, "root", 0)])
-def test_kill_user_processes_ends_the_group_at_logout(tmp_path, kill, excluded, ends):
-    async def main():
-        h, groups = _tracked(tmp_path, kill_user_processes=kill,
-                             kill_exclude_users=tuple(excluded.split()))
-        s = h.open()
-        h.manager.ready()
-        h.reg.close_session(s)
-        assert s.state == "closing" and groups.sessions[s.id].ends == ends
-    run(main())
-
-
-def test_a_closing_session_keeps_the_manager_and_its_end_starts_the_stop_delay(tmp_path):
-    async def main():
-        h, groups = _tracked(tmp_path, user_stop_delay=0.05)
-        s = h.open()
-        h.manager.ready()
-        h.reg.close_session(s)
-        await asyncio.sleep(0.1)  # longer than the delay: it has not started
-        assert h.state() == "ready" and h.manager.stops == 0
-        groups.sessions[s.id].empty()
-        assert h.state() == "lingering" and h.manager.stops == 0
-        await asyncio.sleep(0.1)
-        assert h.state() == "stopping" and h.manager.stops == 1
-    run(main())
-
-
-def test_a_login_while_another_session_is_closing_shares_the_manager(tmp_path):
-    async def main():
-        h, groups = _tracked(tmp_path)
-        old = h.open(leader=10)
-        h.manager.ready()
-        h.reg.close_session(old)
-        new = h.open(leader=11)
-        assert new.outcome.result() is True and len(h.managers) == 1
-        groups.sessions[old.id].empty()
-        assert h.state() == "ready" and h.manager.stops == 0
-        h.reg.close_session(new)
-        groups.sessions[new.id].empty()
-        assert h.state() == "stopping"
-    run(main())
-
-
-def test_linger_keeps_the_manager_when_the_closing_session_ends(tmp_path):
-    async def main():
-        h, groups = _tracked(tmp_path)
-        h.set_linger(True)
-        s = h.open()
-        h.manager.ready()
-        h.reg.close_session(s)
-        groups.sessions[s.id].empty()
-        assert h.state() == "lingering" and h.manager.stops == 0
-    run(main())
-
-
-def test_a_manager_crash_while_only_closing_sessions_remain_restarts_it(tmp_path):
-    async def main():
-        h, groups = _tracked(tmp_path)
-        s = h.open()
-        h.manager.ready()
-        h.reg.close_session(s)
-        h.manager.gone(137)
-        assert h.state() == "starting" and len(h.managers) == 2
-    run(main())
-
-
-def test_terminate_user_stops_the_manager_without_the_delay_once_the_groups_empty(tmp_path):
-    async def main():
-        h, groups = _tracked(tmp_path, user_stop_delay=10.0)
-        a, b = h.open(leader=10), h.open(leader=11)
-        h.manager.ready()
-        h.reg.terminate_user(USER.uid)
-        assert a.state == b.state == "closing" and h.manager.stops == 0
-        assert groups.sessions[a.id].ends == groups.sessions[b.id].ends == 1
-        groups.sessions[a.id].empty()
-        assert h.manager.stops == 0
-        groups.sessions[b.id].empty()
-        assert h.state() == "stopping" and h.manager.stops == 1
-    run(main())
-
-
-def test_a_new_login_after_terminate_user_brings_the_stop_delay_back(tmp_path):
-    async def main():
-        h, groups = _tracked(tmp_path, user_stop_delay=10.0)
-        a = h.open(leader=10)
-        h.manager.ready()
-        h.reg.terminate_user(USER.uid)
-        b = h.open(leader=11)
-        groups.sessions[a.id].empty()
-        h.reg.close_session(b)
-        groups.sessions[b.id].empty()
-        assert h.state() == "lingering" and h.manager.stops == 0
-    run(main())
-
-
-def test_pid_to_session_is_the_groups_word_with_them_and_a_guess_without(tmp_path):
-    async def main():
-        h, groups = _tracked(tmp_path)
-        s = h.open(leader=os.getppid())
-        assert h.reg.session_of_pid(os.getppid()) is s
-        assert h.reg.session_of_pid(os.getpid()) is None  # not in its group
-        groups.places[4242] = Place(USER.uid, None)  # a manager's process
-        assert h.reg.session_of_pid(4242) is None
-        assert h.reg.login_of_pid(4242) is h.login()
-    run(main())
-    # Without groups: the nearest ancestor leading a session.
-    tmp = tmp_path / "untracked"
-    tmp.mkdir()
-
-    async def untracked():
-        h = Harness(tmp)
-        s = h.open(leader=os.getppid())
-        assert h.reg.session_of_pid(os.getpid()) is s
-        assert h.reg.login_of_pid(os.getpid()) is h.login()
-    run(untracked())
-
-
-def test_kill_session_signals_its_group_and_without_one_its_leaders_tree(tmp_path):
-    async def main():
-        h, groups = _tracked(tmp_path)
-        s = h.open()
-        assert h.reg.kill_session(s, 15) == 2 and groups.sessions[s.id].signals == [15]
-        h.manager.ready()
-        assert h.reg.kill_user(USER.uid, 1) == 2 + 1  # the session's and the manager's
-    run(main())
-    tmp = tmp_path / "untracked"
-    tmp.mkdir()
-
-    async def untracked():
-        h = Harness(tmp)
-        # A real leader with a child: both are signalled (SIGCONT harms neither).
-        leader = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])
-        try:
-            wait_for(lambda: _children(leader.pid), 5)
-            s = h.open(leader=leader.pid)
-            assert h.reg.kill_session(s, signal.SIGCONT) == 2
-            assert h.reg.kill_session(s, signal.SIGCONT, leader_only=True) == 1
-        finally:
-            for pid in _children(leader.pid) + [leader.pid]:
-                os.kill(pid, signal.SIGKILL)
-            leader.wait(5)
-    run(untracked())
-
-
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
