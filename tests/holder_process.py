@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from c_parts import build_holder
-from helpers import wait_gone
+from helpers import wait_for, wait_gone
 
 GONE_TIMEOUT = 15
 
@@ -73,16 +73,17 @@ class Holder:
             if ev[0] == verb:
                 return seen
 
-    def wait(self, timeout: float = GONE_TIMEOUT) -> int:
-        deadline = time.monotonic() + timeout
-        while self.status is None:
+    def poll(self) -> int | None:
+        """Its exit status once it has exited (reaped then), else None."""
+        if self.status is None:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 self.status = os.waitstatus_to_exitcode(status)
-            elif time.monotonic() > deadline:
-                raise AssertionError(f"holder still running after {timeout} s\n{self.log()}")
-            else:
-                time.sleep(0.01)
+        return self.status
+
+    def wait(self, timeout: float = GONE_TIMEOUT) -> int:
+        wait_for(lambda: self.poll() is not None, timeout, what="the holder to exit",
+                 detail=self.log, interval=0.01)
         return self.status
 
     def log(self) -> str:

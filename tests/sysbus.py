@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import exited, wait_for
 
 
 def bus_config(rules: str, extra: str = "") -> str:
@@ -76,7 +76,7 @@ class SystemBus:
             os.kill(self.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        wait_for(lambda: not os.path.exists(f"/proc/{self.pid}") or _zombie(self.pid), 5,
+        wait_for(lambda: exited(self.pid), 5,
                  what="dbus-daemon to exit")
         self.pid = None
         try:
@@ -86,14 +86,6 @@ class SystemBus:
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.address}
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def loginctl_argv(*args: str, run_as: list[str] | None = None) -> list[str]:

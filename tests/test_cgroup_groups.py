@@ -12,6 +12,7 @@ import time
 
 import pytest
 from cgroup import CgroupTree, group_of
+from helpers import wait_for
 
 from turnstiled import tracking
 from turnstiled.cgroups import Hierarchy, Place, find_mount, parse_signal, place_of
@@ -30,10 +31,11 @@ def spawn_in(group, script: str) -> subprocess.Popen:
 
 
 def wait_members(group, count: int) -> None:
-    deadline = time.monotonic() + 5
-    while len((group / "cgroup.procs").read_text().split()) < count:
-        assert time.monotonic() < deadline, f"{group} never held {count} processes"
-        time.sleep(0.01)
+    def members() -> list[str]:
+        return (group / "cgroup.procs").read_text().split()
+
+    wait_for(lambda: len(members()) >= count, 5, what=f"{group} to hold {count} processes",
+             detail=members, interval=0.01)
 
 
 def groups_of(t: CgroupTree, **kw) -> tracking.CgroupTracking:

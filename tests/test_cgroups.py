@@ -15,7 +15,7 @@ import time
 
 import pytest
 from cgroup import group_of, populated, procs
-from helpers import children_of, procs_of, wait_for
+from helpers import children_of, cmdline_of, exited, proc_state, procs_of, wait_for
 from login_process import LoginProcess
 from pamclient import PamLogin
 from runit import Services, runsvdirs
@@ -60,23 +60,7 @@ def ctl_json(d, *args: str):
 
 
 def sleeps_in(group) -> list[int]:
-    return [pid for pid in procs(group) if _cmd(pid).startswith("sleep")]
-
-
-def _cmd(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode().strip()
-    except OSError:
-        return ""
-
-
-def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except OSError:
-        return True
+    return [pid for pid in procs(group) if cmdline_of(pid).startswith("sleep")]
 
 
 def with_core_service(user) -> Services:
@@ -173,7 +157,7 @@ def test_kill_user_processes_kills_what_a_logout_leaves(tracked, cgroup_tree, lo
         [left] = wait_for(lambda: sleeps_in(group), 5, what="the nohup sleep in the group")
         wait_for(lambda: d.session_state(sid)["STATE"] == "closing", 5, what="closing")
         time.sleep(0.3)
-        assert not gone(left)
+        assert not exited(left)
         os.kill(left, signal.SIGKILL)
     d.wait_logged_out(test_user.uid, timeout=10)
     assert not procs_of(test_user.uid) and not populated(group) and not group.exists()
@@ -223,10 +207,10 @@ def test_kill_session_and_kill_user_send_a_signal_to_every_process(tracked, cgro
     reply = ctl_json(d, "kill-session", sid, "STOP")
     assert reply["processes"] == len(procs(group))
     for pid in sleeps:
-        wait_for(lambda p=pid: _state(p) == "T", 5, what=f"pid {pid} stopped")
+        wait_for(lambda p=pid: proc_state(p) == "T", 5, what=f"pid {pid} stopped")
     assert admin_as(d, test_user, "kill-user", user=test_user.name, signal="CONT")["ok"]
     for pid in sleeps:
-        wait_for(lambda p=pid: _state(p) in ("S", "R"), 5, what=f"pid {pid} running")
+        wait_for(lambda p=pid: proc_state(p) in ("S", "R"), 5, what=f"pid {pid} running")
     assert ctl_json(d, "kill-user", test_user.name, "KILL")["processes"] >= 3
     lp.wait()
     d.wait_logged_out(test_user.uid)
@@ -246,11 +230,6 @@ def admin_as(d, peer, cmd: str, **args) -> dict:
     return json.loads(out.stdout)
 
 
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return f.read().rsplit(b")", 1)[1].split()[0].decode()
-
-
 def test_a_managers_daemonised_service_is_gone_after_it_stops(tracked, cgroup_tree, logins,
                                                               test_user):
     sv = Services(test_user)
@@ -263,7 +242,7 @@ def test_a_managers_daemonised_service_is_gone_after_it_stops(tracked, cgroup_tr
     d = tracked(backend="runit")
     lp = logins(d, test_user)
     manager = cgroup_tree.manager(test_user.uid)
-    wait_for(lambda: any(_cmd(p).startswith("sleep 302") for p in procs(manager)), 10,
+    wait_for(lambda: any(cmdline_of(p).startswith("sleep 302") for p in procs(manager)), 10,
              what="the daemonised sleep in the manager's group")
     # A process of the manager that is not below its holder (started by
     # another's hands into the group): the group still ends it.
@@ -292,7 +271,7 @@ def test_a_restarted_daemon_finds_its_groups_and_a_closing_session(tracked, cgro
     lp = logins(d, test_user, "setsid nohup sleep 300 >/dev/null 2>&1 & exec sleep 301")
     sid = only_session(d, test_user.uid)
     group = cgroup_tree.session(test_user.uid, sid)
-    [left] = wait_for(lambda: [p for p in sleeps_in(group) if _cmd(p) == "sleep 300"], 5,
+    [left] = wait_for(lambda: [p for p in sleeps_in(group) if cmdline_of(p) == "sleep 300"], 5,
                       what="the nohup sleep")
     [manager] = runsvdirs(test_user.uid)
 

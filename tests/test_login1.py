@@ -21,7 +21,7 @@ from busclient import (
     CallError,
     SignalRecorder,
 )
-from helpers import wait_for
+from helpers import exited, proc_state, wait_for
 from login1_harness import session_path, user_path
 
 SEAT0 = "/org/freedesktop/login1/seat/seat0"
@@ -207,24 +207,16 @@ def test_kill_session_signals_its_processes(two_logins):
     setup, a, b = two_logins
     child = b.spawn(["sleep", "60"])
     setup.call(ROOT, MANAGER, "KillSession", "ssi", [b.id, "leader", signal.SIGSTOP])
-    wait_for(lambda: _state(b.pid) == "T", 5, what="the leader stopped")
-    assert _state(child) == "S", "only the leader was signalled"
+    wait_for(lambda: proc_state(b.pid) == "T", 5, what="the leader stopped")
+    assert proc_state(child) == "S", "only the leader was signalled"
     os.kill(b.pid, signal.SIGCONT)
     setup.call(b.path, SESSION, "Kill", "si", ["all", signal.SIGKILL])
-    wait_for(lambda: _state(child) in (None, "Z"), 5, what="the session's child killed")
+    wait_for(lambda: exited(child), 5, what="the session's child killed")
     b.proc.wait(5)
     wait_for(lambda: setup.call(ROOT, MANAGER, "ListSessions") == [[
         [a.id, a.user.uid, a.user.name, "seat0", a.path]]], 5, what="the session ended")
     err = error_of(setup.call, a.path, SESSION, "Kill", "si", ["some", 15])
     assert err.name == "org.freedesktop.DBus.Error.InvalidArgs"
-
-
-def _state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
 
 
 def test_activate_switches_the_vt_through_the_console(two_logins):
@@ -324,7 +316,7 @@ def test_kill_user_signals_the_users_processes(two_logins):
                      "--init-groups", "sleep", "60"])
     wait_for(lambda: _uid(child) == a.user.uid, 5, what="the child to run as the user")
     setup.call(user_path(a.user.uid), USER, "Kill", "i", [signal.SIGKILL])
-    wait_for(lambda: _state(child) in (None, "Z"), 5, what="the user's process killed")
+    wait_for(lambda: exited(child), 5, what="the user's process killed")
     assert a.proc.poll() is None, "the root leader is not the user's process"
     setup.call(ROOT, MANAGER, "KillUser", "ui", [a.user.uid, signal.SIGTERM])
     err = error_of(setup.call, ROOT, MANAGER, "KillUser", "ui", [a.user.uid, 0])

@@ -11,11 +11,10 @@ import threading
 import time
 
 import pytest
+from helpers import PAM_SESSION_ERR
 from pamclient import PamFailure, PamLogin
 
 from turnstiled import protocol
-
-PAM_SESSION_ERR = 14
 
 
 def service(sandbox, pam_module, sock_path: str, args: str = "") -> str:

@@ -12,13 +12,14 @@ database."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import subprocess
-import time
 from types import SimpleNamespace
 
 import pytest
 from busclient import MANAGER, ROOT, SEAT, SignalRecorder, call, get_all, needs_dbus_fast
+from helpers import children_pids, wait_for
 from sysbus import SystemBus
 
 from turnstiled.children import Children
@@ -194,9 +195,9 @@ async def _seats_on_bus(tmp_path, address):
                                            "/org/freedesktop/login1/seat/seat1", SEAT)
         assert props["CanGraphical"] is True and props["CanTTY"] is False
         seats.apply(seats_from([]))
-        deadline = time.monotonic() + 5
-        while not rec.named("SeatRemoved") and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        # Waited for off the loop: the signal leaves the bus connection on it.
+        await loop.run_in_executor(None, functools.partial(
+            wait_for, lambda: rec.named("SeatRemoved"), 5, what="SeatRemoved"))
         assert rec.named("SeatNew") == [["seat1", "/org/freedesktop/login1/seat/seat1"]]
         assert rec.named("SeatRemoved") == [["seat1", "/org/freedesktop/login1/seat/seat1"]]
         rec.stop()
@@ -208,20 +209,17 @@ async def _seats_on_bus(tmp_path, address):
 # -- which session a process belongs to
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
-
-
 def test_a_process_belongs_to_its_nearest_leaders_session():
     outer = subprocess.Popen(["sh", "-c", "sleep 30 & sh -c 'sleep 30; :' & wait"])
     tree: list[int] = []
     try:
-        time.sleep(0.2)
-        kids = _children(outer.pid)
-        assert len(kids) == 2
-        inner = next(k for k in kids if _children(k))  # the sh running a sleep
-        grandkids = _children(inner)
+        def started() -> list[int] | None:
+            kids = children_pids(outer.pid)
+            return kids if len(kids) == 2 and any(map(children_pids, kids)) else None
+
+        kids = wait_for(started, 5, what="the shells and sleeps started")
+        inner = next(k for k in kids if children_pids(k))  # the sh running a sleep
+        grandkids = children_pids(inner)
         tree = kids + grandkids
         sessions = [SimpleNamespace(id="1", leader=outer.pid),
                     SimpleNamespace(id="2", leader=inner),
