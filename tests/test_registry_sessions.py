@@ -24,6 +24,21 @@ def _tracked(tmp_path, procs: int = 2, **config) -> tuple[Harness, FakeTracking]
     return h, groups
 
 
+def _one_session(tmp_path, procs: int = 2, leader: int = 1, **config):
+    """A tracked Harness with one session, its manager ready; its group
+    holds procs processes."""
+    h, groups = _tracked(tmp_path, procs, **config)
+    s = h.open(leader)
+    h.manager.ready()
+    return h, groups, s
+
+
+def _log_out_and_empty(h: Harness, groups: FakeTracking, s) -> None:
+    """s's connection closes, then the last process in its group ends."""
+    h.reg.close_session(s)
+    groups.sessions[s.id].empty()
+
+
 def _session_state(h: Harness, s) -> str:
     if h.reg.sessions.get(s.id) is not s:
         return "ended"
@@ -65,9 +80,7 @@ def test_the_session_table_has_every_state_and_event_that_can_happen():
 @pytest.mark.parametrize(("state", "populated", "event"), sorted(SESSION_TABLE))
 def test_every_session_state_and_event(tmp_path, state, populated, event):
     async def main():
-        h, groups = _tracked(tmp_path, procs=2 if populated else 0)
-        s = h.open()
-        h.manager.ready()
+        h, groups, s = _one_session(tmp_path, procs=2 if populated else 0)
         closed = []
         s.close_connection = lambda: closed.append(s.id)
         if state == "closing":
@@ -97,9 +110,7 @@ def test_every_session_state_and_event(tmp_path, state, populated, event):
 
 def test_closing_is_heard_and_can_only_follow_open(tmp_path):
     async def main():
-        h, groups = _tracked(tmp_path)
-        s = h.open()
-        h.manager.ready()
+        h, groups, s = _one_session(tmp_path)
         h.heard.clear()
         h.reg.close_session(s)
         assert h.heard == [("session_changed", "closing"), ("login_changed", "ready")]
@@ -115,10 +126,8 @@ def test_closing_is_heard_and_can_only_follow_open(tmp_path):
     (True, "root", 1), (True, f"root {USER.name}", 0), (False, "root", 0)])
 def test_kill_user_processes_ends_the_group_at_logout(tmp_path, kill, excluded, ends):
     async def main():
-        h, groups = _tracked(tmp_path, kill_user_processes=kill,
-                             kill_exclude_users=tuple(excluded.split()))
-        s = h.open()
-        h.manager.ready()
+        h, groups, s = _one_session(tmp_path, kill_user_processes=kill,
+                                    kill_exclude_users=tuple(excluded.split()))
         h.reg.close_session(s)
         assert s.state == "closing" and groups.sessions[s.id].ends == ends
     run(main())
@@ -126,9 +135,7 @@ def test_kill_user_processes_ends_the_group_at_logout(tmp_path, kill, excluded, 
 
 def test_a_closing_session_keeps_the_manager_and_its_end_starts_the_stop_delay(tmp_path):
     async def main():
-        h, groups = _tracked(tmp_path, user_stop_delay=10.0)
-        s = h.open()
-        h.manager.ready()
+        h, groups, s = _one_session(tmp_path, user_stop_delay=10.0)
         h.reg.close_session(s)
         assert h.stop_delay_left() is None  # not while the session is closing
         assert h.state() == "ready" and h.manager.stops == 0
@@ -142,37 +149,29 @@ def test_a_closing_session_keeps_the_manager_and_its_end_starts_the_stop_delay(t
 
 def test_a_login_while_another_session_is_closing_shares_the_manager(tmp_path):
     async def main():
-        h, groups = _tracked(tmp_path)
-        old = h.open(leader=10)
-        h.manager.ready()
+        h, groups, old = _one_session(tmp_path, leader=10)
         h.reg.close_session(old)
         new = h.open(leader=11)
         assert new.outcome.result() is True and len(h.managers) == 1
         groups.sessions[old.id].empty()
         assert h.state() == "ready" and h.manager.stops == 0
-        h.reg.close_session(new)
-        groups.sessions[new.id].empty()
+        _log_out_and_empty(h, groups, new)
         assert h.state() == "stopping"
     run(main())
 
 
 def test_linger_keeps_the_manager_when_the_closing_session_ends(tmp_path):
     async def main():
-        h, groups = _tracked(tmp_path)
+        h, groups, s = _one_session(tmp_path)
         h.set_linger(True)
-        s = h.open()
-        h.manager.ready()
-        h.reg.close_session(s)
-        groups.sessions[s.id].empty()
+        _log_out_and_empty(h, groups, s)
         assert h.state() == "lingering" and h.manager.stops == 0
     run(main())
 
 
 def test_a_manager_crash_while_only_closing_sessions_remain_restarts_it(tmp_path):
     async def main():
-        h, groups = _tracked(tmp_path)
-        s = h.open()
-        h.manager.ready()
+        h, groups, s = _one_session(tmp_path)
         h.reg.close_session(s)
         h.manager.gone(137)
         assert h.state() == "starting" and len(h.managers) == 2
@@ -196,14 +195,11 @@ def test_terminate_user_stops_the_manager_without_the_delay_once_the_groups_empt
 
 def test_a_new_login_after_terminate_user_brings_the_stop_delay_back(tmp_path):
     async def main():
-        h, groups = _tracked(tmp_path, user_stop_delay=10.0)
-        a = h.open(leader=10)
-        h.manager.ready()
+        h, groups, a = _one_session(tmp_path, leader=10, user_stop_delay=10.0)
         h.reg.terminate_user(USER.uid)
         b = h.open(leader=11)
         groups.sessions[a.id].empty()
-        h.reg.close_session(b)
-        groups.sessions[b.id].empty()
+        _log_out_and_empty(h, groups, b)
         assert h.state() == "lingering" and h.manager.stops == 0
     run(main())
 
