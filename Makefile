@@ -5,11 +5,15 @@
 # `make install` installs like a distribution package: DESTDIR, PREFIX
 # (/usr/local; packagers pass /usr), SYSCONFDIR, LIBEXECDIR, MANDIR, PAMDIR
 # (found: where this system's libpam loads modules from) and PYTHON (the
-# interpreter whose site-packages receive the package). Config and PAM files
+# interpreter whose site-packages receive the package; it needs pip,
+# setuptools and, before setuptools 70.1, wheel). Config and PAM files
 # never replace a changed copy: the new one goes beside it as FILE.new.
+# The directories install makes are listed in LIBEXECDIR/installed-dirs,
+# for uninstall to remove those and no others.
 
 PREFIX     ?= /usr/local
-BINDIR     ?= $(PREFIX)/bin
+# Where pip writes the commands, so not a choice: the service files name it.
+override BINDIR := $(PREFIX)/bin
 SYSCONFDIR ?= /etc
 LIBEXECDIR ?= $(PREFIX)/libexec/turnstiled
 MANDIR     ?= $(PREFIX)/share/man
@@ -67,9 +71,27 @@ man/%: man/%.scd
 SUBST = sed -e 's|/usr/libexec/turnstiled|$(LIBEXECDIR)|g' -e 's|@BINDIR@|$(BINDIR)|g' \
 	-e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g'
 
+# Every directory install writes to, but the Python package's (python-package.py dirs).
+INSTALL_DIRS = $(LIBEXECDIR) $(PAMDIR) $(DBUSDIR) $(MANDIR)/man1 $(MANDIR)/man5 $(MANDIR)/man8 \
+	$(SYSCONFDIR)/turnstile/backend $(SYSCONFDIR)/pam.d $(SYSCONFDIR)/dinit.d \
+	$(SYSCONFDIR)/sv/turnstiled/log
+CONFIG_FILES = data/turnstiled.conf $(SYSCONFDIR)/turnstile/turnstiled.conf \
+	backends/runit.conf $(SYSCONFDIR)/turnstile/backend/runit.conf \
+	backends/dinit.conf $(SYSCONFDIR)/turnstile/backend/dinit.conf \
+	data/pam.d/turnstiled $(SYSCONFDIR)/pam.d/turnstiled \
+	data/dinit.d/turnstiled $(SYSCONFDIR)/dinit.d/turnstiled
+SERVICE_FILES = data/sv/turnstiled/run $(SYSCONFDIR)/sv/turnstiled/run \
+	data/sv/turnstiled/log/run $(SYSCONFDIR)/sv/turnstiled/log/run
+MANIFEST = $(LIBEXECDIR)/installed-dirs
+
 install: all man
-	$(PYTHON) -m pip install -q --root "$(DESTDIR)/" --prefix "$(PREFIX)" --no-deps --ignore-installed \
-		--no-build-isolation --no-warn-script-location --disable-pip-version-check .
+	@$(PYTHON) scripts/python-package.py check
+	pydirs=$$($(PYTHON) scripts/python-package.py dirs "$(PREFIX)") && \
+		sh scripts/install-dirs.sh record "$(DESTDIR)" "$(MANIFEST)" $(INSTALL_DIRS) $$pydirs
+	$(PYTHON) scripts/python-package.py install "$(DESTDIR)" "$(PREFIX)"
+	@[ -x "$(DESTDIR)$(BINDIR)/turnstiled" ] || { echo "make install: pip did not write" \
+		"$(DESTDIR)$(BINDIR)/turnstiled, which the service files start; see" \
+		"'$(PYTHON) scripts/python-package.py dirs $(PREFIX)'" >&2; exit 1; }
 	install -d "$(DESTDIR)$(LIBEXECDIR)" "$(DESTDIR)$(PAMDIR)"
 	install -m 755 backends/runit backends/dinit holder/turnstiled-holder \
 		holder/turnstiled-fdstore "$(DESTDIR)$(LIBEXECDIR)/"
@@ -79,40 +101,18 @@ install: all man
 		install -m 644 $$page "$(DESTDIR)$(MANDIR)/man$$sect/"; done
 	install -d "$(DESTDIR)$(DBUSDIR)"
 	install -m 644 data/dbus-1/system.d/org.freedesktop.login1.conf "$(DESTDIR)$(DBUSDIR)/"
-	sh scripts/install-config.sh "$(DESTDIR)" 644 "$(SUBST)" \
-		data/turnstiled.conf $(SYSCONFDIR)/turnstile/turnstiled.conf \
-		backends/runit.conf $(SYSCONFDIR)/turnstile/backend/runit.conf \
-		backends/dinit.conf $(SYSCONFDIR)/turnstile/backend/dinit.conf \
-		data/pam.d/turnstiled $(SYSCONFDIR)/pam.d/turnstiled \
-		data/dinit.d/turnstiled $(SYSCONFDIR)/dinit.d/turnstiled
-	sh scripts/install-config.sh "$(DESTDIR)" 755 "$(SUBST)" \
-		data/sv/turnstiled/run $(SYSCONFDIR)/sv/turnstiled/run \
-		data/sv/turnstiled/log/run $(SYSCONFDIR)/sv/turnstiled/log/run
+	sh scripts/install-config.sh "$(DESTDIR)" 644 "$(SUBST)" $(CONFIG_FILES)
+	sh scripts/install-config.sh "$(DESTDIR)" 755 "$(SUBST)" $(SERVICE_FILES)
 
 uninstall:
-	$(PYTHON) scripts/uninstall-python.py "$(DESTDIR)" "$(PREFIX)"
+	$(PYTHON) scripts/python-package.py uninstall "$(DESTDIR)" "$(PREFIX)"
 	rm -f "$(DESTDIR)$(LIBEXECDIR)/runit" "$(DESTDIR)$(LIBEXECDIR)/dinit" \
 		"$(DESTDIR)$(LIBEXECDIR)/turnstiled-holder" "$(DESTDIR)$(LIBEXECDIR)/turnstiled-fdstore" \
 		"$(DESTDIR)$(PAMDIR)/pam_turnstile.so" "$(DESTDIR)$(DBUSDIR)/org.freedesktop.login1.conf"
 	for page in $(MANPAGES); do rm -f "$(DESTDIR)$(MANDIR)/man$${page##*.}/$${page#man/}"; done
-	sh scripts/install-config.sh --remove "$(DESTDIR)" "$(SUBST)" \
-		data/turnstiled.conf $(SYSCONFDIR)/turnstile/turnstiled.conf \
-		backends/runit.conf $(SYSCONFDIR)/turnstile/backend/runit.conf \
-		backends/dinit.conf $(SYSCONFDIR)/turnstile/backend/dinit.conf \
-		data/pam.d/turnstiled $(SYSCONFDIR)/pam.d/turnstiled \
-		data/dinit.d/turnstiled $(SYSCONFDIR)/dinit.d/turnstiled \
-		data/sv/turnstiled/run $(SYSCONFDIR)/sv/turnstiled/run \
-		data/sv/turnstiled/log/run $(SYSCONFDIR)/sv/turnstiled/log/run
-	-rmdir "$(DESTDIR)$(LIBEXECDIR)" "$(DESTDIR)$(SYSCONFDIR)/turnstile/backend" \
-		"$(DESTDIR)$(SYSCONFDIR)/turnstile" "$(DESTDIR)$(SYSCONFDIR)/sv/turnstiled/log" \
-		"$(DESTDIR)$(SYSCONFDIR)/sv/turnstiled" 2>/dev/null
-	# In a staging tree, the directories install made are removed once
-	# empty too; on the live system they are the system's.
-	if [ -n "$(DESTDIR)" ]; then for d in "$(PREFIX)" "$(SYSCONFDIR)" "$(PAMDIR)"; do \
-		[ ! -d "$(DESTDIR)$$d" ] || find "$(DESTDIR)$$d" -depth -type d -empty -delete; \
-		d=$$(dirname "$$d"); while [ "$$d" != / ]; do \
-			rmdir "$(DESTDIR)$$d" 2>/dev/null || break; d=$$(dirname "$$d"); done; \
-		done; fi
+	sh scripts/install-config.sh --remove "$(DESTDIR)" "$(SUBST)" $(CONFIG_FILES) $(SERVICE_FILES)
+	# The directories install made, once empty; none that were there before.
+	sh scripts/install-dirs.sh remove "$(DESTDIR)" "$(MANIFEST)"
 
 clean:
 	rm -f pam/pam_turnstile.so holder/turnstiled-holder holder/turnstiled-fdstore $(MANPAGES)

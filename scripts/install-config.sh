@@ -5,7 +5,8 @@
 # Installs files an administrator may edit (config, PAM, service files):
 # SRC, passed through the sed command SUBST, becomes DESTDIR/DEST unless a
 # changed DEST is there, which is kept; the new one then goes beside it as
-# DEST.new. --remove removes DEST only if it is unchanged.
+# DEST.new. --remove removes DEST only if it is unchanged, and the DEST.new
+# an install left beside a changed one.
 set -eu
 remove=false
 if [ "$1" = --remove ]; then
@@ -27,6 +28,9 @@ while [ $# -ge 2 ]; do
     shift 2
     eval "$subst" < "$src" > "$tmp"
     if $remove; then
+        if [ -f "$dest.new" ] && cmp -s "$tmp" "$dest.new"; then
+            rm -f "$dest.new"
+        fi
         if [ -f "$dest" ] && cmp -s "$tmp" "$dest"; then
             rm -f "$dest"
         elif [ -f "$dest" ]; then

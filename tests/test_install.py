@@ -17,11 +17,13 @@ from helpers import REPO_ROOT, wait_for
 PYTHON = sys.executable
 
 
-def make(*args: str, **env: str) -> subprocess.CompletedProcess:
-    res = subprocess.run(["make", "-s", "-C", str(REPO_ROOT), *args, f"PYTHON={PYTHON}"],
+def make(*args: str, python: str = PYTHON, ok: bool = True,
+         **env: str) -> subprocess.CompletedProcess:
+    res = subprocess.run(["make", "-s", "-C", str(REPO_ROOT), *args, f"PYTHON={python}"],
                          capture_output=True, text=True, timeout=300,
                          env={**os.environ, **env})
-    assert res.returncode == 0, res.stdout + res.stderr
+    if ok:
+        assert res.returncode == 0, res.stdout + res.stderr
     return res
 
 
@@ -30,7 +32,7 @@ def files_under(root: Path) -> set[str]:
 
 
 def site_packages(root: Path) -> Path:
-    (pkg,) = root.rglob("site-packages/turnstiled/__init__.py")
+    (pkg,) = root.rglob("*-packages/turnstiled/__init__.py")
     return pkg.parent.parent
 
 
@@ -93,13 +95,91 @@ def test_the_installed_programs_run(staged):
     assert where.stdout.startswith(str(staged))
 
 
+def test_the_staged_tree_names_no_build_or_staging_path(staged):
+    assert not list(staged.rglob("*.pyc")) and not list(staged.rglob("direct_url.json"))
+    (record,) = staged.rglob("turnstiled-*.dist-info/RECORD")
+    assert "direct_url.json" not in record.read_text()
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+# Directories a system has before turnstiled comes, empty ones included
+# (and install writes into the last three).
+THERE_BEFORE = ["etc/ours", "etc/keepme", "usr/share/doc", "usr/bin", "etc/pam.d", PAMDIR]
+
+
 def test_uninstall_leaves_only_what_was_there(tmp_path):
-    (tmp_path / "etc" / "ours").mkdir(parents=True)
+    for d in THERE_BEFORE:
+        (tmp_path / d).mkdir(parents=True, exist_ok=True)
     (tmp_path / "etc" / "ours" / "file").write_text("not theirs\n")
+    before = tree(tmp_path)
+    make("install", f"DESTDIR={tmp_path}", "PREFIX=/usr")
+    # A second install (an upgrade) keeps the first one's list of what it made.
     make("install", f"DESTDIR={tmp_path}", "PREFIX=/usr")
     make("uninstall", f"DESTDIR={tmp_path}", "PREFIX=/usr")
-    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
-    assert left == ["etc", "etc/ours", "etc/ours/file"]
+    assert tree(tmp_path) == before
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def system_python_can_build() -> str | None:
+    """Why the system interpreter cannot run `make install`, or None."""
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        return f"no {SYSTEM_PYTHON}"
+    res = subprocess.run([SYSTEM_PYTHON, str(REPO_ROOT / "scripts" / "python-package.py"),
+                          "check"], capture_output=True, text=True)
+    return (res.stderr.strip() or "its check failed") if res.returncode else None
+
+
+def test_install_with_the_system_python_puts_the_commands_where_the_services_look(tmp_path):
+    """Debian's interpreter puts a --prefix install under PREFIX/local unless
+    told its packaging layout; the service files name PREFIX/bin."""
+    why = system_python_can_build()
+    if why:
+        pytest.skip(f"{SYSTEM_PYTHON} cannot build the package: {why}")
+    (tmp_path / "etc" / "keepme").mkdir(parents=True)
+    before = tree(tmp_path)
+    make("install", f"DESTDIR={tmp_path}", "PREFIX=/usr", python=SYSTEM_PYTHON)
+    assert not (tmp_path / "usr" / "local").exists(), tree(tmp_path)
+    run = (tmp_path / "etc/sv/turnstiled/run").read_text()
+    command = re.search(r"^exec (\S+) -c", run, re.M).group(1)
+    assert command == "/usr/bin/turnstiled" and (tmp_path / command[1:]).is_file()
+    site = site_packages(tmp_path)
+    scheme = subprocess.run([SYSTEM_PYTHON, "-c", "import sysconfig; "
+                             "print('deb_system' in sysconfig.get_scheme_names())"],
+                            capture_output=True, text=True).stdout.strip()
+    if scheme == "True":
+        assert site == tmp_path / "usr/lib/python3/dist-packages"
+    version = subprocess.run([tmp_path / "usr/bin/turnstiled", "--version"],
+                             capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(site)})
+    assert version.returncode == 0 and version.stdout.strip().endswith("0.1.0"), version.stderr
+    make("uninstall", f"DESTDIR={tmp_path}", "PREFIX=/usr", python=SYSTEM_PYTHON)
+    assert tree(tmp_path) == before
+
+
+def test_an_interpreter_without_the_build_tools_is_named_before_anything_is_installed(tmp_path):
+    bare = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", bare], check=True)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    res = make("install", f"DESTDIR={dest}", "PREFIX=/usr", python=str(bare / "bin/python"),
+               ok=False)
+    assert res.returncode != 0 and "lacks pip, setuptools: install them" in res.stderr
+    assert list(dest.iterdir()) == []
+    # pip and a setuptools before 70.1, which builds wheels only with wheel.
+    (site,) = bare.glob("lib/python3*/site-packages")
+    for dist, version in (("pip", "23.0.1"), ("setuptools", "66.1.1")):
+        info = site / f"{dist}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\n"
+                                       f"Version: {version}\n")
+    res = make("install", f"DESTDIR={dest}", "PREFIX=/usr", python=str(bare / "bin/python"),
+               ok=False)
+    assert res.returncode != 0 and "lacks wheel: install them" in res.stderr, res.stderr
 
 
 def test_a_changed_config_is_never_replaced(tmp_path):
@@ -112,6 +192,7 @@ def test_a_changed_config_is_never_replaced(tmp_path):
     assert "kept the changed" in res.stdout
     make("uninstall", f"DESTDIR={tmp_path}", "PREFIX=/usr")
     assert conf.is_file()  # the admin's, kept
+    assert not conf.with_name("turnstiled.conf.new").exists()  # ours, gone
 
 
 # -- man pages
