@@ -16,67 +16,29 @@ import wire
 from dinit import UserDinit
 from helpers import procs_of, wait_for, wait_gone
 from pamclient import PamFailure, PamLogin
+from restart_helpers import (
+    end,
+    kill9,
+    listed_sessions,
+    managers,
+    runit_services,
+    sessions,
+    start_runit,
+    store_answers,
+    user_processes,
+)
 from runit import Services
-
-
-def runit_services(user, delay: int = 0) -> None:
-    """One core service s1; with a delay, its check passes only `delay`
-    seconds after it started."""
-    sv = Services(user)
-    check = f"read t < started && [ $(($(date +%s) - t)) -ge {delay} ]" if delay else None
-    sv.add("s1", "date +%s > started\nexec sleep infinity", check)
-    sv.core("s1")
-    sv.own()
-    time.sleep(1.1)  # runsvdir's one-second guard on a freshly edited dir
 
 
 @pytest.fixture
 def runit(daemon):
-    def start(**overrides):
-        overrides.setdefault("backend", "runit")
-        return daemon(**overrides)
-    return start
-
-
-def sessions(d) -> dict[str, tuple[str, str]]:
-    """id -> (uid, leader) from the state files."""
-    out = {}
-    for sid in d.session_ids():
-        st = d.session_state(sid)
-        if st is not None:
-            out[sid] = (st["UID"], st["LEADER"])
-    return out
-
-
-def listed_sessions(d) -> list[tuple]:
-    """What `turnstilectl list-sessions` says: id, user, leader, since."""
-    out = d.ctl("--json", "list-sessions")
-    assert out.returncode == 0, out.stderr
-    return [(s["id"], s["user"], s["leader"], s["since"]) for s in json.loads(out.stdout)]
-
-
-def managers(d, users) -> dict[int, str]:
-    return {u.uid: (d.user_state(u.uid) or {}).get("MANAGER_PID", "") for u in users}
-
-
-def user_processes(users) -> dict[int, set[int]]:
-    return {u.uid: {pid for pid, _ in procs_of(u.uid)} for u in users}
-
-
-def kill9(d) -> None:
-    d.proc.kill()
-    d.proc.wait(5)
+    return lambda **overrides: start_runit(daemon, **overrides)
 
 
 def restart(d, runit, how: str, **overrides):
     """Ends d (kill -9 or SIGTERM) and starts the next daemon on the same
     sandbox and config."""
-    if how == "kill":
-        d.proc.kill()
-    else:
-        d.proc.send_signal(signal.SIGTERM)
-    d.proc.wait(15)
-    assert d.proc.returncode in (0, -signal.SIGKILL), d.log_tail()
+    end(d, how)
     return runit(**overrides)
 
 
@@ -115,23 +77,6 @@ def test_a_restart_keeps_every_session_manager_and_service(runit, test_users, pa
         assert wait_for(lambda u=u: d2.user_state(u.uid) is None, 15), d2.log_tail()
     assert wait_for(lambda: not any(procs_of(u.uid) for u in users), 15)
     assert d2.session_ids() == []
-
-
-def test_session_ids_never_repeat_across_a_restart(runit, test_user, pam_module):
-    runit_services(test_user)
-    d = runit()
-    service = d.login_service()
-    seen = set()
-    for _ in range(3):
-        with PamLogin(service, test_user.name, d.service_dir) as pam:
-            pam.open()
-            seen |= set(d.session_ids())
-            pam.close()
-    d2 = restart(d, runit, "kill")
-    with PamLogin(service, test_user.name, d2.service_dir) as pam:
-        pam.open()
-        (new,) = d2.session_ids()
-    assert new not in seen and int(new) > max(map(int, seen))
 
 
 def test_a_login_in_the_gap_waits_for_the_next_daemon(runit, test_users, pam_module):
@@ -217,31 +162,6 @@ def test_a_session_whose_login_process_died_in_the_gap_is_closed(runit, test_use
     assert wait_for(lambda: not procs_of(test_user.uid), 15)
 
 
-def test_no_daemon_within_adopt_timeout_stops_every_manager(runit, test_user, pam_module):
-    runit_services(test_user)
-    d = runit(adopt_timeout=2)
-    pam = PamLogin(d.login_service(), test_user.name, d.service_dir)
-    pam.open()
-    assert procs_of(test_user.uid)
-    kill9(d)
-    time.sleep(1)
-    assert procs_of(test_user.uid), "stopped before adopt_timeout"
-    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
-    assert not os.path.exists(d.state_dir / "fdstore.sock") or not _store_answers(d)
-    pam.close()
-
-
-def _store_answers(d) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        s.connect(str(d.state_dir / "fdstore.sock"))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
 def test_sigint_is_a_full_stop(runit, test_user, pam_module):
     runit_services(test_user)
     d = runit()
@@ -251,7 +171,7 @@ def test_sigint_is_a_full_stop(runit, test_user, pam_module):
     assert d.proc.wait(20) == 0
     assert wait_for(lambda: not procs_of(test_user.uid), 15)
     assert not os.path.exists(d.socket_path)
-    assert wait_for(lambda: not _store_answers(d), 5)
+    assert wait_for(lambda: not store_answers(d), 5)
     pam.close()
 
 
@@ -330,26 +250,6 @@ def test_services_up_before_a_restart_stay_in_the_readiness_report(runit, test_u
     assert d2.user_state(test_user.uid)["STATE"] == "ready"
     status = d2.ctl("user-status", test_user.name).stdout
     assert "s0 (" in status and "s1 (" in status, status
-    pam.close()
-
-
-def test_a_manager_that_cannot_be_taken_up_is_stopped(runit, test_user, pam_module):
-    runit_services(test_user)
-    d = runit()
-    pam = PamLogin(d.login_service(), test_user.name, d.service_dir)
-    pam.open()
-    kill9(d)
-    # A record the next daemon cannot read (another version, say).
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    s.connect(str(d.state_dir / "fdstore.sock"))
-    s.settimeout(5)
-    while not s.recv(65536).startswith(b"end"):
-        pass
-    s.send(b"keep\0manager:%d\0" % test_user.uid + json.dumps({"v": 99}).encode())
-    s.close()
-    d2 = runit()
-    assert "not taken up" in d2.log()
-    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
     pam.close()
 
 
