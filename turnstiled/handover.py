@@ -206,6 +206,9 @@ def adopt(entries: list[Entry], registry: Registry, handover: Handover) -> Adopt
     for e in entries:
         kind, _, key = e.name.partition(":")
         by_kind[kind][key] = e
+    # Ids a previous daemon gave out are never given out again, even with
+    # the file that reserves them lost.
+    registry.ids.pass_over(by_kind["session"])
     sessions_of = _sessions_by_uid(by_kind["session"], out)
     owners: dict[str, object] = {}
     taken: set[str] = set()
