@@ -314,7 +314,10 @@ def _take_login(config: Config, registry: Registry, e: Entry,
 
 
 def _record(e: Entry) -> dict:
-    rec = json.loads(e.data)
+    try:
+        rec = json.loads(e.data)
+    except ValueError as err:
+        raise ValueError(f"{e.name}: not JSON ({err})") from None
     if not isinstance(rec, dict) or rec.get("v") != VERSION:
         raise ValueError(f"{e.name}: a record of another version ({str(rec)[:40]})")
     return rec
