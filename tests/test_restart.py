@@ -4,7 +4,6 @@ daemons, the real fd store and holders, runit, real libpam and users."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -19,13 +18,14 @@ from pamclient import PamFailure, PamLogin
 from restart_helpers import (
     end,
     kill9,
-    listed_sessions,
+    listing,
     managers,
     runit_services,
     sessions,
     start_runit,
     store_answers,
     user_processes,
+    user_status,
 )
 from runit import Services
 
@@ -55,28 +55,40 @@ def test_a_restart_keeps_every_session_manager_and_service(runit, test_users, pa
         for _ in range(count):
             pam = PamLogin(service, u.name, d.service_dir)
             pam.open()
-            logins.append((u, pam))
+            logins.append((u, pam, d.sessions_of(u.uid)[-1]))
     before_sessions = sessions(d)
-    before_listed = listed_sessions(d)
+    before_listing = listing(d)
+    before_status = {u.uid: user_status(d, u) for u in users}
     before_managers = managers(d, users)
     before_procs = user_processes(users)
     assert len(before_sessions) == 5 and all(before_managers.values())
+    assert len({sid for _, _, sid in logins}) == 5
 
     d2 = restart(d, runit, how)
     assert "took up 3 logins, 3 managers and 5 sessions" in d2.log()
     assert sessions(d2) == before_sessions
-    assert listed_sessions(d2) == before_listed
+    # What turnstilectl shows is the same, to the last field.
+    assert listing(d2) == before_listing
+    assert {u.uid: user_status(d2, u) for u in users} == before_status
     assert managers(d2, users) == before_managers
     assert user_processes(users) == before_procs
     assert {d2.user_state(u.uid)["STATE"] for u in users} == {"ready"}
 
-    # Each logout is seen as before; the last of a user's stops the manager.
-    for _, pam in logins:
+    # Each logout is seen as before: its session goes, the manager stays
+    # until the user's last one, which stops it.
+    for n, (u, pam, sid) in enumerate(logins):
         pam.close()
-    for u in users:
-        assert wait_for(lambda u=u: d2.user_state(u.uid) is None, 15), d2.log_tail()
-    assert wait_for(lambda: not any(procs_of(u.uid) for u in users), 15)
-    assert d2.session_ids() == []
+        wait_for(lambda sid=sid: sid not in [s["id"] for s in listing(d2)], 10,
+                 f"session {sid} gone from list-sessions", lambda: listing(d2))
+        last = all(other is not u for other, _, _ in logins[n + 1:])
+        if last:
+            wait_for(lambda u=u: d2.user_state(u.uid) is None, 15,
+                     f"the login of {u.name} to end", d2.log_tail)
+            wait_gone(u.uid, 15)
+        else:
+            assert managers(d2, [u]) == {u.uid: before_managers[u.uid]}
+            assert user_processes([u]) == {u.uid: before_procs[u.uid]}
+    assert d2.session_ids() == [] and d2.user_ids() == []
 
 
 def test_a_login_in_the_gap_waits_for_the_next_daemon(runit, test_users, pam_module):
@@ -175,7 +187,8 @@ def test_sigint_is_a_full_stop(runit, test_user, pam_module):
     pam.close()
 
 
-def test_linger_and_the_stop_delay_survive_a_restart(runit, test_users, pam_module):
+@pytest.mark.parametrize("how", ["kill", "term"])
+def test_linger_and_the_stop_delay_survive_a_restart(runit, test_users, pam_module, how):
     lingering, leaving = test_users[:2]
     for u in (lingering, leaving):
         runit_services(u)
@@ -190,13 +203,17 @@ def test_linger_and_the_stop_delay_survive_a_restart(runit, test_users, pam_modu
     t_logout = time.monotonic()
     for u in (lingering, leaving):  # leaving: within its stop delay
         assert wait_for(lambda u=u: d.user_state(u.uid)["STATE"] == "lingering", 5)
-    d2 = restart(d, runit, "term", user_stop_delay=4, linger="maybe")
+    before = managers(d, (lingering, leaving))
+    assert all(before.values())
+    d2 = restart(d, runit, how, user_stop_delay=4, linger="maybe")
     assert d2.user_state(lingering.uid)["STATE"] == "lingering"
     assert d2.user_state(leaving.uid)["STATE"] == "lingering"
+    assert managers(d2, (lingering, leaving)) == before
     # The delay runs on from where it was, not from the restart.
     assert wait_for(lambda: d2.user_state(leaving.uid) is None, 10)
     assert 3.5 <= time.monotonic() - t_logout < 7
     assert d2.user_state(lingering.uid)["STATE"] == "lingering"
+    assert managers(d2, (lingering,)) == {lingering.uid: before[lingering.uid]}
 
 
 def test_a_login_waiting_for_its_services_is_answered_by_the_next_daemon(runit, test_user,
@@ -319,22 +336,24 @@ def test_a_restart_keeps_a_dinit_manager_and_its_services(dinit_setup, test_user
     wait_gone(test_user.uid, 15)
 
 
-def test_restart_counts_survive_a_restart(runit, test_user, pam_module):
+@pytest.mark.parametrize("how", ["kill", "term"])
+def test_restart_counts_survive_a_restart(runit, test_user, pam_module, how):
     runit_services(test_user)
     d = runit()
     pam = PamLogin(d.login_service(), test_user.name, d.service_dir)
     pam.open()
 
     def restarts(daemon) -> int:
-        out = daemon.ctl("--json", "user-status", test_user.name)
-        return json.loads(out.stdout)["restarts"]
+        return user_status(daemon, test_user)["restarts"]
 
     crashed = int(managers(d, [test_user])[test_user.uid])
     os.kill(crashed, signal.SIGKILL)  # a crash: the daemon starts it again
     wait_for(lambda: managers(d, [test_user])[test_user.uid] not in ("", str(crashed))
              and d.state_of(test_user.uid) == "ready", 15, "the manager's restart")
     assert restarts(d) == 1
-    d2 = restart(d, runit, "kill")
+    restarted = managers(d, [test_user])
+    d2 = restart(d, runit, how)
     assert restarts(d2) == 1
+    assert managers(d2, [test_user]) == restarted
     pam.close()
     wait_gone(test_user.uid, 15)
