@@ -29,6 +29,8 @@ from restart_helpers import (
 )
 from runit import Services
 
+from turnstiled.registry import MAX_RESTARTS
+
 
 @pytest.fixture
 def runit(daemon):
@@ -357,3 +359,26 @@ def test_restart_counts_survive_a_restart(runit, test_user, pam_module, how):
     assert managers(d2, [test_user]) == restarted
     pam.close()
     wait_gone(test_user.uid, 15)
+
+
+def test_a_manager_given_up_on_is_still_reported_after_a_restart(runit, test_user,
+                                                                 pam_module):
+    """A manager that died too often is not started again: its Login is
+    failed, its session still open, and user-status says why, before a
+    restart as after it."""
+    runit_services(test_user)
+    d = runit()
+    pam = PamLogin(d.login_service(), test_user.name, d.service_dir)
+    pam.open()
+    for _ in range(MAX_RESTARTS + 1):
+        crashed = managers(d, [test_user])[test_user.uid]
+        os.kill(int(crashed), signal.SIGKILL)
+        wait_for(lambda crashed=crashed: managers(d, [test_user])[test_user.uid] != crashed
+                 and d.state_of(test_user.uid) in ("ready", "failed"), 15,
+                 "the manager's restart or the end of them")
+    before = user_status(d, test_user)
+    assert before["state"] == "failed" and "not restarting" in before["last_failure"]["reason"]
+    d2 = restart(d, runit, "kill")
+    assert user_status(d2, test_user) == before
+    pam.close()
+    wait_for(lambda: d2.user_state(test_user.uid) is None, 15, "the logout")
