@@ -4,7 +4,6 @@ daemons, the real fd store and holders, runit, real libpam and users."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -16,67 +15,32 @@ import wire
 from dinit import UserDinit
 from helpers import procs_of, wait_for, wait_gone
 from pamclient import PamFailure, PamLogin
+from restart_helpers import (
+    end,
+    kill9,
+    listing,
+    managers,
+    runit_services,
+    sessions,
+    start_runit,
+    store_answers,
+    user_processes,
+    user_status,
+)
 from runit import Services
 
-
-def runit_services(user, delay: int = 0) -> None:
-    """One core service s1; with a delay, its check passes only `delay`
-    seconds after it started."""
-    sv = Services(user)
-    check = f"read t < started && [ $(($(date +%s) - t)) -ge {delay} ]" if delay else None
-    sv.add("s1", "date +%s > started\nexec sleep infinity", check)
-    sv.core("s1")
-    sv.own()
-    time.sleep(1.1)  # runsvdir's one-second guard on a freshly edited dir
+from turnstiled.registry import MAX_RESTARTS
 
 
 @pytest.fixture
 def runit(daemon):
-    def start(**overrides):
-        overrides.setdefault("backend", "runit")
-        return daemon(**overrides)
-    return start
-
-
-def sessions(d) -> dict[str, tuple[str, str]]:
-    """id -> (uid, leader) from the state files."""
-    out = {}
-    for sid in d.session_ids():
-        st = d.session_state(sid)
-        if st is not None:
-            out[sid] = (st["UID"], st["LEADER"])
-    return out
-
-
-def listed_sessions(d) -> list[tuple]:
-    """What `turnstilectl list-sessions` says: id, user, leader, since."""
-    out = d.ctl("--json", "list-sessions")
-    assert out.returncode == 0, out.stderr
-    return [(s["id"], s["user"], s["leader"], s["since"]) for s in json.loads(out.stdout)]
-
-
-def managers(d, users) -> dict[int, str]:
-    return {u.uid: (d.user_state(u.uid) or {}).get("MANAGER_PID", "") for u in users}
-
-
-def user_processes(users) -> dict[int, set[int]]:
-    return {u.uid: {pid for pid, _ in procs_of(u.uid)} for u in users}
-
-
-def kill9(d) -> None:
-    d.proc.kill()
-    d.proc.wait(5)
+    return lambda **overrides: start_runit(daemon, **overrides)
 
 
 def restart(d, runit, how: str, **overrides):
     """Ends d (kill -9 or SIGTERM) and starts the next daemon on the same
     sandbox and config."""
-    if how == "kill":
-        d.proc.kill()
-    else:
-        d.proc.send_signal(signal.SIGTERM)
-    d.proc.wait(15)
-    assert d.proc.returncode in (0, -signal.SIGKILL), d.log_tail()
+    end(d, how)
     return runit(**overrides)
 
 
@@ -93,45 +57,40 @@ def test_a_restart_keeps_every_session_manager_and_service(runit, test_users, pa
         for _ in range(count):
             pam = PamLogin(service, u.name, d.service_dir)
             pam.open()
-            logins.append((u, pam))
+            logins.append((u, pam, d.sessions_of(u.uid)[-1]))
     before_sessions = sessions(d)
-    before_listed = listed_sessions(d)
+    before_listing = listing(d)
+    before_status = {u.uid: user_status(d, u) for u in users}
     before_managers = managers(d, users)
     before_procs = user_processes(users)
     assert len(before_sessions) == 5 and all(before_managers.values())
+    assert len({sid for _, _, sid in logins}) == 5
 
     d2 = restart(d, runit, how)
     assert "took up 3 logins, 3 managers and 5 sessions" in d2.log()
     assert sessions(d2) == before_sessions
-    assert listed_sessions(d2) == before_listed
+    # What turnstilectl shows is the same, to the last field.
+    assert listing(d2) == before_listing
+    assert {u.uid: user_status(d2, u) for u in users} == before_status
     assert managers(d2, users) == before_managers
     assert user_processes(users) == before_procs
     assert {d2.user_state(u.uid)["STATE"] for u in users} == {"ready"}
 
-    # Each logout is seen as before; the last of a user's stops the manager.
-    for _, pam in logins:
+    # Each logout is seen as before: its session goes, the manager stays
+    # until the user's last one, which stops it.
+    for n, (u, pam, sid) in enumerate(logins):
         pam.close()
-    for u in users:
-        assert wait_for(lambda u=u: d2.user_state(u.uid) is None, 15), d2.log_tail()
-    assert wait_for(lambda: not any(procs_of(u.uid) for u in users), 15)
-    assert d2.session_ids() == []
-
-
-def test_session_ids_never_repeat_across_a_restart(runit, test_user, pam_module):
-    runit_services(test_user)
-    d = runit()
-    service = d.login_service()
-    seen = set()
-    for _ in range(3):
-        with PamLogin(service, test_user.name, d.service_dir) as pam:
-            pam.open()
-            seen |= set(d.session_ids())
-            pam.close()
-    d2 = restart(d, runit, "kill")
-    with PamLogin(service, test_user.name, d2.service_dir) as pam:
-        pam.open()
-        (new,) = d2.session_ids()
-    assert new not in seen and int(new) > max(map(int, seen))
+        wait_for(lambda sid=sid: sid not in [s["id"] for s in listing(d2)], 10,
+                 f"session {sid} gone from list-sessions", lambda: listing(d2))
+        last = all(other is not u for other, _, _ in logins[n + 1:])
+        if last:
+            wait_for(lambda u=u: d2.user_state(u.uid) is None, 15,
+                     f"the login of {u.name} to end", d2.log_tail)
+            wait_gone(u.uid, 15)
+        else:
+            assert managers(d2, [u]) == {u.uid: before_managers[u.uid]}
+            assert user_processes([u]) == {u.uid: before_procs[u.uid]}
+    assert d2.session_ids() == [] and d2.user_ids() == []
 
 
 def test_a_login_in_the_gap_waits_for_the_next_daemon(runit, test_users, pam_module):
@@ -217,31 +176,6 @@ def test_a_session_whose_login_process_died_in_the_gap_is_closed(runit, test_use
     assert wait_for(lambda: not procs_of(test_user.uid), 15)
 
 
-def test_no_daemon_within_adopt_timeout_stops_every_manager(runit, test_user, pam_module):
-    runit_services(test_user)
-    d = runit(adopt_timeout=2)
-    pam = PamLogin(d.login_service(), test_user.name, d.service_dir)
-    pam.open()
-    assert procs_of(test_user.uid)
-    kill9(d)
-    time.sleep(1)
-    assert procs_of(test_user.uid), "stopped before adopt_timeout"
-    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
-    assert not os.path.exists(d.state_dir / "fdstore.sock") or not _store_answers(d)
-    pam.close()
-
-
-def _store_answers(d) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        s.connect(str(d.state_dir / "fdstore.sock"))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
 def test_sigint_is_a_full_stop(runit, test_user, pam_module):
     runit_services(test_user)
     d = runit()
@@ -251,11 +185,12 @@ def test_sigint_is_a_full_stop(runit, test_user, pam_module):
     assert d.proc.wait(20) == 0
     assert wait_for(lambda: not procs_of(test_user.uid), 15)
     assert not os.path.exists(d.socket_path)
-    assert wait_for(lambda: not _store_answers(d), 5)
+    assert wait_for(lambda: not store_answers(d), 5)
     pam.close()
 
 
-def test_linger_and_the_stop_delay_survive_a_restart(runit, test_users, pam_module):
+@pytest.mark.parametrize("how", ["kill", "term"])
+def test_linger_and_the_stop_delay_survive_a_restart(runit, test_users, pam_module, how):
     lingering, leaving = test_users[:2]
     for u in (lingering, leaving):
         runit_services(u)
@@ -270,13 +205,17 @@ def test_linger_and_the_stop_delay_survive_a_restart(runit, test_users, pam_modu
     t_logout = time.monotonic()
     for u in (lingering, leaving):  # leaving: within its stop delay
         assert wait_for(lambda u=u: d.user_state(u.uid)["STATE"] == "lingering", 5)
-    d2 = restart(d, runit, "term", user_stop_delay=4, linger="maybe")
+    before = managers(d, (lingering, leaving))
+    assert all(before.values())
+    d2 = restart(d, runit, how, user_stop_delay=4, linger="maybe")
     assert d2.user_state(lingering.uid)["STATE"] == "lingering"
     assert d2.user_state(leaving.uid)["STATE"] == "lingering"
+    assert managers(d2, (lingering, leaving)) == before
     # The delay runs on from where it was, not from the restart.
     assert wait_for(lambda: d2.user_state(leaving.uid) is None, 10)
     assert 3.5 <= time.monotonic() - t_logout < 7
     assert d2.user_state(lingering.uid)["STATE"] == "lingering"
+    assert managers(d2, (lingering,)) == {lingering.uid: before[lingering.uid]}
 
 
 def test_a_login_waiting_for_its_services_is_answered_by_the_next_daemon(runit, test_user,
@@ -330,26 +269,6 @@ def test_services_up_before_a_restart_stay_in_the_readiness_report(runit, test_u
     assert d2.user_state(test_user.uid)["STATE"] == "ready"
     status = d2.ctl("user-status", test_user.name).stdout
     assert "s0 (" in status and "s1 (" in status, status
-    pam.close()
-
-
-def test_a_manager_that_cannot_be_taken_up_is_stopped(runit, test_user, pam_module):
-    runit_services(test_user)
-    d = runit()
-    pam = PamLogin(d.login_service(), test_user.name, d.service_dir)
-    pam.open()
-    kill9(d)
-    # A record the next daemon cannot read (another version, say).
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    s.connect(str(d.state_dir / "fdstore.sock"))
-    s.settimeout(5)
-    while not s.recv(65536).startswith(b"end"):
-        pass
-    s.send(b"keep\0manager:%d\0" % test_user.uid + json.dumps({"v": 99}).encode())
-    s.close()
-    d2 = runit()
-    assert "not taken up" in d2.log()
-    assert wait_for(lambda: not procs_of(test_user.uid), 15), procs_of(test_user.uid)
     pam.close()
 
 
@@ -419,22 +338,47 @@ def test_a_restart_keeps_a_dinit_manager_and_its_services(dinit_setup, test_user
     wait_gone(test_user.uid, 15)
 
 
-def test_restart_counts_survive_a_restart(runit, test_user, pam_module):
+@pytest.mark.parametrize("how", ["kill", "term"])
+def test_restart_counts_survive_a_restart(runit, test_user, pam_module, how):
     runit_services(test_user)
     d = runit()
     pam = PamLogin(d.login_service(), test_user.name, d.service_dir)
     pam.open()
 
     def restarts(daemon) -> int:
-        out = daemon.ctl("--json", "user-status", test_user.name)
-        return json.loads(out.stdout)["restarts"]
+        return user_status(daemon, test_user)["restarts"]
 
     crashed = int(managers(d, [test_user])[test_user.uid])
     os.kill(crashed, signal.SIGKILL)  # a crash: the daemon starts it again
     wait_for(lambda: managers(d, [test_user])[test_user.uid] not in ("", str(crashed))
              and d.state_of(test_user.uid) == "ready", 15, "the manager's restart")
     assert restarts(d) == 1
-    d2 = restart(d, runit, "kill")
+    restarted = managers(d, [test_user])
+    d2 = restart(d, runit, how)
     assert restarts(d2) == 1
+    assert managers(d2, [test_user]) == restarted
     pam.close()
     wait_gone(test_user.uid, 15)
+
+
+def test_a_manager_given_up_on_is_still_reported_after_a_restart(runit, test_user,
+                                                                 pam_module):
+    """A manager that died too often is not started again: its Login is
+    failed, its session still open, and user-status says why, before a
+    restart as after it."""
+    runit_services(test_user)
+    d = runit()
+    pam = PamLogin(d.login_service(), test_user.name, d.service_dir)
+    pam.open()
+    for _ in range(MAX_RESTARTS + 1):
+        crashed = managers(d, [test_user])[test_user.uid]
+        os.kill(int(crashed), signal.SIGKILL)
+        wait_for(lambda crashed=crashed: managers(d, [test_user])[test_user.uid] != crashed
+                 and d.state_of(test_user.uid) in ("ready", "failed"), 15,
+                 "the manager's restart or the end of them")
+    before = user_status(d, test_user)
+    assert before["state"] == "failed" and "not restarting" in before["last_failure"]["reason"]
+    d2 = restart(d, runit, "kill")
+    assert user_status(d2, test_user) == before
+    pam.close()
+    wait_for(lambda: d2.user_state(test_user.uid) is None, 15, "the logout")

@@ -112,6 +112,8 @@ async def serve(config: Config) -> None:
     children = Children()
     children.attach(asyncio.get_running_loop())
     state = StateDir(config.state_dir)
+    # What a previous run made, read before its files are dropped.
+    left_rundirs = state.managed_rundirs()
     state.prepare()
     groups = tracking.choose(config)
     log.info("session tracking: %s (%s)", groups.mode, groups.reason)
@@ -125,6 +127,8 @@ async def serve(config: Config) -> None:
     seats.follow_vt(asyncio.get_running_loop())
     control = ControlServer(registry)
     store = _take_up(config, registry, control, children)
+    # Before anyone can log in and make theirs afresh.
+    registry.remove_left_rundirs(left_rundirs)
     # Groups no taken-up session or manager holds are a previous run's.
     groups.leftovers(_groups_in_use(registry))
     api = _start_login1(config, registry, seats)

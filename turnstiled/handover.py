@@ -65,7 +65,7 @@ class Handover:
 
     def login_changed(self, login: Login) -> None:
         uid = login.user.uid
-        self._keep(f"login:{uid}", _login_record(login))
+        self._keep(f"login:{uid}", _login_record(login, self.registry.failures.get(uid)))
         m = login.manager
         if m is None or m.channel_fd is None:
             self._drop(f"manager:{uid}")
@@ -161,10 +161,10 @@ class Handover:
             self.store.drop(name)
 
 
-def _login_record(login: Login) -> dict:
+def _login_record(login: Login, failure: tuple[float, str] | None) -> dict:
     """Times the loop keeps on the monotonic clock are recorded as wall-clock
     times, rounded to a millisecond so that an unchanged Login makes an
-    unchanged record."""
+    unchanged record. failure: the registry's last one of the user."""
     now_wall, now_mono = time.time(), time.monotonic()
     stop_at = None
     if login.stop_timer is not None:
@@ -178,6 +178,7 @@ def _login_record(login: Login) -> dict:
         "restarts": [round(now_wall - (now_mono - t), 3) for t in login.restarts],
         "stop_at": stop_at,
         "last_ready": None if ready is None else [ready.waited_ms, list(ready.services)],
+        "failure": None if failure is None else list(failure),
     }
 
 
@@ -206,6 +207,9 @@ def adopt(entries: list[Entry], registry: Registry, handover: Handover) -> Adopt
     for e in entries:
         kind, _, key = e.name.partition(":")
         by_kind[kind][key] = e
+    # Ids a previous daemon gave out are never given out again, even with
+    # the file that reserves them lost.
+    registry.ids.pass_over(by_kind["session"])
     sessions_of = _sessions_by_uid(by_kind["session"], out)
     owners: dict[str, object] = {}
     taken: set[str] = set()
@@ -264,6 +268,9 @@ def _take_login(config: Config, registry: Registry, e: Entry,
     if rec["last_ready"] is not None:
         waited, services = rec["last_ready"]
         login.last_ready = ReadyReport(float(waited), [(str(n), float(ms)) for n, ms in services])
+    if rec.get("failure") is not None:
+        when, reason = rec["failure"]
+        registry.failures[uid] = (float(when), str(reason))
     m_entry = by_kind["manager"].get(str(uid))
     if m_entry is not None:
         if m_entry.fd is None:
@@ -311,7 +318,10 @@ def _take_login(config: Config, registry: Registry, e: Entry,
 
 
 def _record(e: Entry) -> dict:
-    rec = json.loads(e.data)
+    try:
+        rec = json.loads(e.data)
+    except ValueError as err:
+        raise ValueError(f"{e.name}: not JSON ({err})") from None
     if not isinstance(rec, dict) or rec.get("v") != VERSION:
         raise ValueError(f"{e.name}: a record of another version ({str(rec)[:40]})")
     return rec

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from .users import User
 
+# The channel's version: raised with any change to the packets either side
+# sends. A daemon records it with each manager it starts (the holder it
+# spawns speaks it) so that a next daemon, maybe of another version, can
+# tell a holder it cannot talk to (turnstiled/handover.py).
+VERSION = 1
 MAX_PACKET = 16384
 # Events a holder sends, with how many fields each carries.
 EVENTS = {"pid": 1, "up": 1, "ready-exit": 1, "exit": 1, "error": 1, "gone": 0}

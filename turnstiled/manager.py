@@ -89,6 +89,8 @@ class Manager:
         self._holder_pid: int | None = None
         self._channel: socket.socket | None = None
         self._holder_done = False  # it said `gone`: nothing of the manager remains
+        # The channel version its holder speaks: ours, for one we spawn.
+        self._link = holderlink.VERSION
         self._status: int | None = None
         self._fifo_fd: int | None = None
         self._ready_buf = b""
@@ -116,7 +118,7 @@ class Manager:
             "since": self.since,
             "phase": self.phase.value, "services": list(self._services),
             "ready_sent": self._ready_sent, "status": self._status,
-            "holder_done": self._holder_done,
+            "holder_done": self._holder_done, "link": self._link,
         }
 
     def let_go(self) -> None:
@@ -144,7 +146,12 @@ class Manager:
               children: Children, snap: dict, channel: int, fifo: int | None) -> Manager:
         """A run a previous daemon started, with its channel and (while its
         readiness string is awaited) its fifo. ValueError/KeyError/TypeError
-        if the snapshot is not one."""
+        if the snapshot is not one, or its holder speaks another channel
+        version than ours."""
+        link = snap.get("link")
+        if link != holderlink.VERSION:
+            raise ValueError(f"its holder speaks channel version {str(link)[:20]}, "
+                             f"this turnstiled {holderlink.VERSION}")
         m = cls(config, user, rundir, events, children, 0)
         m.phase = ManagerPhase(snap["phase"])
         if m.phase is ManagerPhase.GONE:

@@ -543,6 +543,32 @@ class Registry:
         if dead is not None:
             self.remove_in_background(dead)
 
+    def remove_left_rundirs(self, previous: dict[int, str]) -> None:
+        """Removes the runtime dirs a previous run made (previous: uid ->
+        path, statefiles.StateDir.managed_rundirs) for users with no Login
+        now: no daemon took theirs up in time, or it could not be taken up.
+        Only a directory that is the one this config makes for its owner,
+        owned by that uid, is removed; anything else is logged and left."""
+        if not self.config.manage_rundir:
+            return
+        for uid, path in sorted(previous.items()):
+            if uid in self.logins:
+                continue  # taken up: its Login removes it in time
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                log.error("cannot look at the runtime directory %s: %s", path, err.strerror)
+                continue
+            if (not stat.S_ISDIR(st.st_mode) or st.st_uid != uid
+                    or path != self.config.rundir_for(uid, st.st_gid)):
+                log.warning("%s is not a runtime directory of uid %d made by turnstiled; "
+                            "left alone", escape(path), uid)
+                continue
+            log.info("removing the runtime directory %s a previous run left", path)
+            self._remove_rundir(path)
+
     def remove_in_background(self, path: str) -> None:
         """Removes a retired tree (rundir.retire) off the loop; shutdown and
         let_go wait for it."""

@@ -4,7 +4,9 @@ Ids are decimal numbers counted up from 1, as logind's. A restarted daemon
 must not hand out an id an adopted or just-ended session had, so ids are
 reserved in blocks in a file under the state dir (on /run: the count starts
 afresh at boot, as logind's does): the file always names the first id no
-daemon has reserved yet, and a new daemon starts there.
+daemon has reserved yet, and a new daemon starts there. A file lost or
+unreadable would start the count at 1 again: the sessions a daemon takes
+up move it past their ids (pass_over), so those at least are never reused.
 """
 
 from __future__ import annotations
@@ -31,6 +33,17 @@ class SessionIds:
         sid = self._next
         self._next += 1
         return str(sid)
+
+    def pass_over(self, ids) -> None:
+        """Moves the count past every id in ids (those of sessions a previous
+        daemon left), and reserves from there at once."""
+        numbers = [int(i) for i in ids if str(i).isascii() and str(i).isdigit()]
+        if not numbers or max(numbers) < self._next:
+            return
+        log.warning("session ids up to %d are taken; counting on from %d",
+                    max(numbers), max(numbers) + 1)
+        self._next = max(numbers) + 1
+        self._reserve()
 
     def _read(self) -> int:
         try:

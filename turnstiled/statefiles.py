@@ -31,6 +31,30 @@ class StateDir:
         # service up, say) writes nothing.
         self._published: dict[str, str] = {}
 
+    def managed_rundirs(self) -> dict[int, str]:
+        """uid -> the runtime dir a previous run made for that user, from the
+        users/ files it left (read before prepare() drops them). A daemon
+        that died, and an fd store that let go of its managers, leave those
+        dirs behind."""
+        found: dict[int, str] = {}
+        try:
+            names = os.listdir(self.users)
+        except OSError:
+            return found
+        for name in names:
+            if not (name.isascii() and name.isdigit()):
+                continue
+            try:
+                with open(os.path.join(self.users, name), errors="surrogateescape") as f:
+                    fields = dict(line.rstrip("\n").partition("=")[::2]
+                                  for line in f.read(65536).splitlines())
+            except OSError:
+                continue
+            path = fields.get("RUNTIME", "")
+            if fields.get("RUNTIME_DIR_MANAGED") == "1" and path.startswith("/"):
+                found[int(name)] = path
+        return found
+
     def prepare(self) -> None:
         """Creates the directories and drops what a previous run left behind."""
         for d in (self.users, self.sessions):
