@@ -45,7 +45,7 @@ def write(path: str, text: str, mode: int = 0o644) -> None:
 def figures(name: str, samples: list[float]) -> None:
     """median and max of samples in seconds, printed in ms."""
     ms = [s * 1000 for s in samples]
-    print(f"{name:<38} median {statistics.median(ms):7.1f} ms   max {max(ms):7.1f} ms"
+    print(f"{name:<38} median {statistics.median(ms):7.2f} ms   max {max(ms):7.2f} ms"
           f"   (n={len(ms)})", flush=True)
 
 

@@ -15,7 +15,16 @@ import pytest
 from helpers import OPEN_TIMEOUT
 from pamclient import PamLogin
 from users import no_such_account
-from wire import MSG_ERR, MSG_REQ_ENV, MSG_START, Facts, encode_handshake
+from wire import (
+    MSG_ENV,
+    MSG_ERR,
+    MSG_OK_DONE,
+    MSG_REQ_ENV,
+    MSG_START,
+    UINT,
+    Facts,
+    encode_handshake,
+)
 
 pytestmark = pytest.mark.usefixtures("no_session_vars")
 
@@ -159,3 +168,39 @@ def test_stalled_client_blocks_no_one(daemon, test_user, test_users):
     finally:
         staller.close()
     assert d.running()
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        assert chunk, f"the daemon closed after {out!r}"
+        out += chunk
+    return out
+
+
+def test_the_environment_comes_with_ok_done(daemon, test_user):
+    """ENV follows OK_DONE unasked; the client's REQ_ENV then gets no second
+    answer, and anything after it ends the session."""
+    d = daemon()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect(d.socket_path)
+        s.sendall(encode_handshake(_hs(test_user.uid)))
+        assert _recv_exactly(s, 2) == bytes([MSG_OK_DONE, MSG_ENV])  # REQ_ENV not sent yet
+        (length,) = UINT.unpack(_recv_exactly(s, UINT.size))
+        env = _recv_exactly(s, length)
+        assert f"XDG_RUNTIME_DIR={d.rundir(test_user.uid)}\0".encode() in env
+        s.sendall(bytes([MSG_REQ_ENV]))
+        s.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            s.recv(64)  # nothing more: the answer went ahead
+        assert len(d.session_ids()) == 1, d.log_tail()
+        s.settimeout(5)
+        s.sendall(bytes([MSG_REQ_ENV]))  # a second one is a protocol error
+        assert s.recv(64) == bytes([MSG_ERR])
+        d.wait_logged_out(test_user.uid)
+        assert "data after the session was set up" in d.log_tail()
+    finally:
+        s.close()

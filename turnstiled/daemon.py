@@ -52,8 +52,8 @@ def _raise_fd_limit() -> int:
 
 
 def _quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
-    """asyncio reports every failed accept (EMFILE) with a traceback; a user
-    able to cause them must not fill the log."""
+    """asyncio reports every failed accept (EMFILE) on the admin socket with
+    a traceback; a user able to cause them must not fill the log."""
     limited = RateLimitedLog()
 
     def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
@@ -136,8 +136,7 @@ async def serve(config: Config) -> None:
         AdminServer(registry, seats, api.status).handle,
         sock=listen_unix(config.admin_socket_path, 0o666), limit=MAX_REQUEST)
     # The control socket last: once it listens, the whole daemon is up.
-    server = await asyncio.get_running_loop().create_unix_server(
-        control, sock=listen_unix(config.socket_path, 0o666))
+    control.listen(listen_unix(config.socket_path, 0o666))
 
     stop = asyncio.Event()
     full_stop = False
@@ -164,7 +163,7 @@ async def serve(config: Config) -> None:
     libc.release_free_heap()
 
     await stop.wait()
-    server.close()
+    control.close()
     admin_server.close()
     await api.close()
     seats.close()

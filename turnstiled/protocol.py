@@ -14,6 +14,11 @@ session) and the exchange is:
             (XDG_SESSION_ID, XDG_RUNTIME_DIR, DBUS_SESSION_BUS_ADDRESS;
             length 0: none)
 
+This daemon writes ENV right behind OK_DONE, without waiting for REQ_ENV:
+clients (ours and upstream's) read each message by its known size, so ENV
+waits in their socket until they ask, and the login saves a round trip.
+The REQ_ENV that still comes is read and needs no answer.
+
 The client then holds the connection for the whole session: its close is
 the logout. Anything else (an unknown byte, a length out of bounds, a
 non-root peer) gets ERR where a reply is still possible, and the close.

@@ -5,6 +5,12 @@ once the user's manager is ready, hands out the environment, then holds the
 connection until the PAM side closes it (logout, or the login process died).
 A connection a previous daemon left (turnstiled.handover) is resumed where
 it was.
+
+The sockets are served straight from the event loop's readiness callbacks,
+not through asyncio's transports: a warm login is a few hundred bytes in
+and out, and a transport's accept task and deferred callbacks cost it
+several turns of the loop. Every answer is a few bytes on a fresh socket,
+so a send never finds the socket's buffer full.
 """
 
 from __future__ import annotations
@@ -30,6 +36,12 @@ HANDSHAKE_TIMEOUT = 10.0
 # this many connections waiting for that answer.
 REFUSE_GRACE = 0.5
 MAX_REFUSING_PER_USER = 4
+# Connections accepted per turn of the loop, so a flood of them cannot
+# keep everything else waiting; the rest wait in the backlog.
+ACCEPT_BATCH = 64
+# Out of descriptors or memory: accepting pauses this long.
+ACCEPT_PAUSE = 1.0
+READ_SIZE = 4096
 
 
 class RateLimitedLog:
@@ -84,71 +96,121 @@ def listen_unix(path: str, mode: int) -> socket.socket:
 
 
 class ControlServer:
-    """Makes one ControlConnection per accepted connection and knows how many
-    refused ones each user has open."""
+    """Accepts on the control socket, makes one ControlConnection per
+    connection and knows how many refused ones each user has open."""
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.refusing: collections.Counter[int] = collections.Counter()
-        self._resuming: set[asyncio.Task] = set()
+        self.loop = asyncio.get_running_loop()
+        self._listener: socket.socket | None = None
+        self._accept_errors = RateLimitedLog()
 
-    def __call__(self) -> ControlConnection:
-        return ControlConnection(self)
+    def listen(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._listener = sock
+        self.loop.add_reader(sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        """Stops accepting; connections stay as they are."""
+        if self._listener is not None:
+            self.loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
 
     def resume(self, session: Session, sock: socket.socket, answered: bool) -> None:
         """Serves an adopted session's connection from where it was: still
-        waiting for its answer, or answered (REQ_ENV may still come)."""
-        conn = ControlConnection(self, session, answered)
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(loop.connect_accepted_socket(lambda: conn, sock))
-        self._resuming.add(task)  # the loop keeps only a weak reference
-        task.add_done_callback(self._resuming.discard)
+        waiting for its answer, or answered (its REQ_ENV may still come)."""
+        ControlConnection(self, sock, session, answered).resume()
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if self._listener is None:
+                return
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as err:  # EMFILE, ENFILE, ENOBUFS, ENOMEM
+                self._accept_errors.note(f"cannot accept a connection: {err.strerror}; "
+                                         "retrying")
+                self.loop.remove_reader(self._listener.fileno())
+                self.loop.call_later(ACCEPT_PAUSE, self._accept_again)
+                return
+            ControlConnection(self, sock).start()
+
+    def _accept_again(self) -> None:
+        if self._listener is not None:
+            self.loop.add_reader(self._listener.fileno(), self._accept)
 
 
 class _Phase(enum.Enum):
     HANDSHAKE = "handshake"   # reading the client's START and facts
     WAITING = "waiting"       # session registered, its manager not ready yet
-    ANSWERED = "answered"     # OK_DONE sent; REQ_ENV expected
-    HELD = "held"             # environment sent: only the close may come
+    ANSWERED = "answered"     # OK_DONE and the environment sent; REQ_ENV to come
+    HELD = "held"             # REQ_ENV came: only the close may come
     REFUSING = "refusing"     # a non-root peer, to be answered ERR
     CLOSED = "closed"
 
 
-class ControlConnection(asyncio.Protocol):
-    """One PAM connection, driven by callbacks rather than a task: a warm
-    login is answered from the callback that read its handshake, without a
-    trip through the event loop per read."""
+class ControlConnection:
+    """One PAM connection, driven by the loop's callbacks: a warm login is
+    answered from the callback that accepted it when its handshake is
+    already there, as it usually is."""
 
-    def __init__(self, server: ControlServer, session: Session | None = None,
-                 answered: bool = False) -> None:
-        self.server, self.registry = server, server.registry
+    def __init__(self, server: ControlServer, sock: socket.socket,
+                 session: Session | None = None, answered: bool = False) -> None:
+        self.server, self.registry, self.loop = server, server.registry, server.loop
+        self.sock: socket.socket | None = sock
+        self.fd = sock.fileno()
         self.session = session
         self.phase = _Phase.HANDSHAKE
         if session is not None:
             self.phase = _Phase.ANSWERED if answered else _Phase.WAITING
-        self.transport: asyncio.Transport | None = None
         self.pid, self.peer_uid = 0, 0
         self._decoder = protocol.HandshakeDecoder()
         self._pending = b""  # what came while waiting for the answer
         self._timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        if self.session is not None:  # adopted
-            self.pid = self.session.leader
-            self.session.close_connection = transport.abort
-            if self.phase is _Phase.WAITING:
-                self._await_outcome()
+    def start(self) -> None:
+        """A new connection: its peer is checked, then its handshake read."""
+        self.sock.setblocking(False)
+        try:
+            self.pid, self.peer_uid, _ = peer_credentials(self.sock)
+        except OSError:
+            self.abort()
             return
-        self.pid, self.peer_uid, _ = peer_credentials(transport.get_extra_info("socket"))
-        loop = asyncio.get_running_loop()
+        self.loop.add_reader(self.fd, self._readable)
         if self.peer_uid != 0:
-            self._refuse(loop)
-        else:
-            self._timer = loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timed_out)
+            self._refuse()
+            return
+        self._timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timed_out)
+        self._readable()
 
-    def data_received(self, data: bytes) -> None:
+    def resume(self) -> None:
+        """An adopted connection, taken up in the phase it was in."""
+        self.sock.setblocking(False)
+        self.pid = self.session.leader
+        self.session.close_connection = self.abort
+        self.loop.add_reader(self.fd, self._readable)
+        if self.phase is _Phase.WAITING:
+            self._await_outcome()
+
+    def _readable(self) -> None:
+        if self.sock is None:
+            return
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # reset by the peer: a close like any other
+            data = b""
+        if data:
+            self._received(data)
+        else:
+            self._eof()
+
+    def _received(self, data: bytes) -> None:
         try:
             if self.phase is _Phase.HANDSHAKE:
                 self._handshake(data)
@@ -166,18 +228,29 @@ class ControlConnection(asyncio.Protocol):
             log.warning("control: dropping client pid %d: %s", self.pid, err)
             self._fail()
 
-    def eof_received(self) -> bool:
+    def _eof(self) -> None:
         if self.phase is _Phase.HANDSHAKE and self._decoder.started:
             log.warning("control: client pid %d did not finish its handshake", self.pid)
         elif self.phase is _Phase.HANDSHAKE:
             log.debug("control: client pid %d closed without a word", self.pid)
         elif self.phase is _Phase.REFUSING:
             self._end_refusal()
-        return False  # the session is over: close our end too
+        self.abort()  # the session is over: close our end too
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def abort(self) -> None:
+        """Closes our end now; what the session was is ended on the next
+        turn of the loop, as a connection lost while the registry is busy
+        (terminating every session of a user, say) must be."""
+        if self.sock is None:
+            return
+        self.loop.remove_reader(self.fd)
+        self.sock.close()
+        self.sock = None
         if self._timer is not None:
             self._timer.cancel()
+        self.loop.call_soon(self._lost)
+
+    def _lost(self) -> None:
         if self.phase is _Phase.REFUSING:
             self._refusal_over()
         self.phase = _Phase.CLOSED
@@ -195,19 +268,18 @@ class ControlConnection(asyncio.Protocol):
         user = self.registry.user(facts.uid)
         if user is None:
             raise ProtocolError(f"uid {facts.uid} is not in the password database")
-        fd = self.transport.get_extra_info("socket").fileno()
         try:
-            self.session = self.registry.open_session(user, facts, self.pid, fd)
+            self.session = self.registry.open_session(user, facts, self.pid, self.fd)
         except LoginError as err:
             log.error("cannot log in %s: %s", user.name, err)
             self._fail()
             return
-        self.session.close_connection = self.transport.abort
+        self.session.close_connection = self.abort
         self.phase = _Phase.WAITING
         if self.session.outcome.done():
             self._answer(self.session.outcome)
         else:
-            self._send(MSG_OK_WAIT)
+            self._send(bytes([MSG_OK_WAIT]))
             self._await_outcome()
 
     def _await_outcome(self) -> None:
@@ -219,37 +291,49 @@ class ControlConnection(asyncio.Protocol):
         if not outcome.result():
             self._fail()
             return
-        self._send(MSG_OK_DONE)
+        # The environment goes with OK_DONE, before the client asks for it
+        # (turnstiled.protocol): the REQ_ENV round trip is off the login's path.
+        self._send(bytes([MSG_OK_DONE])
+                   + protocol.encode_env(self.registry.env_for(self.session)))
         self.phase = _Phase.ANSWERED
         pending, self._pending = self._pending, b""
         if pending:
-            self.data_received(pending)
+            self._received(pending)
 
     def _request_env(self, data: bytes) -> None:
+        """The client's REQ_ENV: its answer already went with OK_DONE."""
         if data[0] != MSG_REQ_ENV:
             raise ProtocolError(f"expected REQ_ENV (3), got {data[0]}")
         self.phase = _Phase.HELD
-        self.transport.write(protocol.encode_env(self.registry.env_for(self.session)))
         if len(data) > 1:
             raise ProtocolError("data after the session was set up")
 
     # -- endings
 
-    def _send(self, msg: int) -> None:
-        if not self.transport.is_closing():
-            self.transport.write(bytes([msg]))
+    def _send(self, data: bytes) -> None:
+        if self.sock is None:
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:  # the client is gone; its close is read next
+            return
+        if sent < len(data):
+            log.warning("control: client pid %d does not read its answers", self.pid)
+            self.abort()
 
     def _fail(self) -> None:
-        self._send(MSG_ERR)
-        self.transport.close()
+        self._send(bytes([MSG_ERR]))
+        self.abort()
 
     def _handshake_timed_out(self) -> None:
         log.warning("control: client pid %d did not finish its handshake", self.pid)
-        self.transport.close()
+        self.abort()
 
     # -- a peer that is not root
 
-    def _refuse(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _refuse(self) -> None:
         """Only root registers sessions: a user's connection is answered ERR
         at once, never held through the handshake timeout, and a user may
         have only a few of them open at all."""
@@ -257,18 +341,18 @@ class ControlConnection(asyncio.Protocol):
                        "may register sessions")
         refusing = self.server.refusing
         if refusing[self.peer_uid] >= MAX_REFUSING_PER_USER:
-            self.transport.abort()
+            self.abort()
             return
         refusing[self.peer_uid] += 1
         self.phase = _Phase.REFUSING
         # What the client sends first is read before the answer: closing on
         # unread data would reset the connection instead of ending it.
-        self._timer = loop.call_later(REFUSE_GRACE, self._end_refusal)
+        self._timer = self.loop.call_later(REFUSE_GRACE, self._end_refusal)
 
     def _end_refusal(self) -> None:
-        if self.phase is _Phase.REFUSING and not self.transport.is_closing():
-            self._send(MSG_ERR)
-            self.transport.close()
+        if self.phase is _Phase.REFUSING and self.sock is not None:
+            self._send(bytes([MSG_ERR]))
+            self.abort()
 
     def _refusal_over(self) -> None:
         refusing = self.server.refusing
