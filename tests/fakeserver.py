@@ -49,7 +49,8 @@ class FakeServer:
     """A thread on a real Unix socket answering like the daemon would.
 
     mode "answer": decode the handshake, send `replies` (`delay` apart); after
-    OK_DONE expect REQ_ENV and send `env_bytes` (default: ENV with `env`);
+    OK_DONE expect REQ_ENV and send `env_bytes` (default: ENV with `env`),
+    or with `env_ahead` send them right behind OK_DONE, as turnstiled does;
     then hold the connection until the client closes it (recorded as eof).
     A reply of ERR ends the connection. mode "silent": accept and never
     answer. mode "done-hangup": send OK_DONE and close at once. mode "wait":
@@ -66,8 +67,10 @@ class FakeServer:
     def __init__(self, path: str, mode: str = "answer",
                  replies: tuple[int, ...] = (MSG_OK_WAIT, MSG_OK_DONE),
                  env: dict[str, str] | None = None, env_bytes: bytes | None = None,
-                 delay: float = 0.05, close_after_err: bool = True) -> None:
+                 delay: float = 0.05, close_after_err: bool = True,
+                 env_ahead: bool = False) -> None:
         self.path, self.mode, self.replies, self.delay = path, mode, replies, delay
+        self.env_ahead = env_ahead
         self.close_after_err = close_after_err
         self.env_bytes = env_bytes if env_bytes is not None else \
             encode_env(FAKE_ENV if env is None else env)
@@ -173,6 +176,8 @@ class FakeServer:
                         return
                     break
                 if reply == MSG_OK_DONE:
+                    if self.env_ahead:
+                        sock.sendall(self.env_bytes)
                     msg = self._recv(conn, 1)
                     if msg is None:
                         return
@@ -180,7 +185,8 @@ class FakeServer:
                         conn.error = f"expected REQ_ENV after OK_DONE, got {msg!r}"
                         return
                     conn.got_req_env.set()
-                    sock.sendall(self.env_bytes)
+                    if not self.env_ahead:
+                        sock.sendall(self.env_bytes)
             while (data := self._recv(conn, 4096)) is not None and data:
                 pass
         except OSError as err:

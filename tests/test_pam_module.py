@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from fakeserver import module_service, open_and_capture
+from fakeserver import FAKE_ENV, module_service, open_and_capture
 from helpers import OPEN_TIMEOUT, PAM_RHOST, PAM_SESSION_ERR, fd_flags, fds_of, wait_for
 from pamclient import PamFailure, PamLogin, pamtester
 from users import no_such_account
@@ -221,12 +221,17 @@ def test_daemon_own_session_registers_nothing(fake_server, confdir, pam_module, 
 # -- the connection's lifetime
 
 
-def test_close_session_closes_the_connection(fake_server, confdir, pam_module, test_user):
-    server = fake_server()
+@pytest.mark.parametrize("env_ahead", [False, True], ids=["env-when-asked", "env-ahead"])
+def test_close_session_closes_the_connection(env_ahead, fake_server, confdir, pam_module,
+                                             test_user):
+    """Whether ENV comes when asked for (upstream's daemon) or right behind
+    OK_DONE (ours), the module takes it, and holds the connection."""
+    server = fake_server(env_ahead=env_ahead)
     service = module_service(confdir, pam_module, server.path)
     login = PamLogin(service, test_user.name, confdir)
     try:
-        login.open(timeout=OPEN_TIMEOUT, unblock=server.drop_connections)
+        env = login.open(timeout=OPEN_TIMEOUT, unblock=server.drop_connections)
+        assert all(env.get(k) == v for k, v in FAKE_ENV.items()), env
         conn = server.wait_conn()
         conn.wait_handshake()
         # Held open for the whole session.

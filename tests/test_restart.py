@@ -283,8 +283,11 @@ def raw_login(d, user) -> socket.socket:
     return sock
 
 
-def test_a_client_told_ready_gets_its_environment_from_the_next_daemon(runit, test_user,
-                                                                       pam_module):
+def test_a_client_told_ready_asks_the_next_daemon_for_nothing_more(runit, test_user,
+                                                                   pam_module):
+    """Told ready, the client has its environment already (it came with
+    OK_DONE); its REQ_ENV reaches the next daemon, which answers nothing
+    more and keeps the session."""
     runit_services(test_user)
     d = runit()
     sock = raw_login(d, test_user)
@@ -292,14 +295,17 @@ def test_a_client_told_ready_gets_its_environment_from_the_next_daemon(runit, te
     while msg == bytes([wire.MSG_OK_WAIT]):
         msg = sock.recv(1)
     assert msg == bytes([wire.MSG_OK_DONE])
-    kill9(d)  # told ready; REQ_ENV not asked yet
-    d2 = runit()
-    sock.sendall(bytes([wire.MSG_REQ_ENV]))
-    # ENV at once: not a second OK_DONE, which would break the protocol.
     assert sock.recv(1) == bytes([wire.MSG_ENV])
     (length,) = wire.UINT.unpack(sock.recv(wire.UINT.size))
     env = sock.recv(length)
-    assert f"XDG_RUNTIME_DIR={d2.rundir(test_user.uid)}".encode() in env
+    assert f"XDG_RUNTIME_DIR={d.rundir(test_user.uid)}".encode() in env
+    kill9(d)  # told ready; REQ_ENV not sent yet
+    d2 = runit()
+    sock.sendall(bytes([wire.MSG_REQ_ENV]))
+    sock.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        sock.recv(64)  # no second OK_DONE or ENV, which would break the protocol
+    assert len(d2.session_ids()) == 1, d2.log_tail()
     sock.close()
     wait_for(lambda: d2.user_state(test_user.uid) is None, 15, "the logout")
 
