@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 
 log = logging.getLogger("turnstiled")
 
@@ -34,15 +35,15 @@ class SessionIds:
         self._next += 1
         return str(sid)
 
-    def pass_over(self, ids) -> None:
+    def pass_over(self, ids: Iterable[str]) -> None:
         """Moves the count past every id in ids (those of sessions a previous
         daemon left), and reserves from there at once."""
-        numbers = [int(i) for i in ids if str(i).isascii() and str(i).isdigit()]
-        if not numbers or max(numbers) < self._next:
+        highest = max((int(i) for i in ids if i.isascii() and i.isdigit()), default=0)
+        if highest < self._next:
             return
         log.warning("session ids up to %d are taken; counting on from %d",
-                    max(numbers), max(numbers) + 1)
-        self._next = max(numbers) + 1
+                    highest, highest + 1)
+        self._next = highest + 1
         self._reserve()
 
     def _read(self) -> int:

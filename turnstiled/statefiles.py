@@ -46,7 +46,7 @@ class StateDir:
                 continue
             try:
                 with open(os.path.join(self.users, name), errors="surrogateescape") as f:
-                    fields = dict(line.rstrip("\n").partition("=")[::2]
+                    fields = dict(line.partition("=")[::2]
                                   for line in f.read(65536).splitlines())
             except OSError:
                 continue
