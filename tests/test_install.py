@@ -171,6 +171,8 @@ def test_an_interpreter_without_the_build_tools_is_named_before_anything_is_inst
     assert res.returncode != 0 and "lacks pip, setuptools: install them" in res.stderr
     assert list(dest.iterdir()) == []
     # pip and a setuptools before 70.1, which builds wheels only with wheel.
+    # Stand-ins: metadata alone, which is what the check reads; no such
+    # old setuptools is installable here, and nothing gets as far as a build.
     (site,) = bare.glob("lib/python3*/site-packages")
     for dist, version in (("pip", "23.0.1"), ("setuptools", "66.1.1")):
         info = site / f"{dist}-{version}.dist-info"
