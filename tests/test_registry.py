@@ -68,6 +68,7 @@ NOT_IN_THE_TABLE = {
     "start_lingering": "makes Logins at daemon start, before any state: test_admin.py",
     "adopt": "takes a Login up from a previous daemon: test_restart.py",
     "_stop_all": "the daemon's stop, which ends every Login whatever its state",
+    "batch": "changes nothing: entry points made inside it are heard as one",
 }
 
 
@@ -326,6 +327,23 @@ def test_listeners_hear_each_change_once_and_in_order(tmp_path):
         h.heard.clear()
         h.manager.gone()  # an ended Login is not also "changed"
         assert h.heard == [("login_ended", USER.name)]
+    run(main())
+
+
+def test_a_batch_of_reports_is_heard_once_at_its_end(tmp_path):
+    async def main():
+        h = Harness(tmp_path)
+        h.open()
+        h.heard.clear()
+        with h.reg.batch():  # a holder's burst: three `up` lines and ready's exit
+            for _ in range(3):
+                h.manager.progress()
+            h.manager.ready()
+            assert h.heard == []
+        assert h.heard == [("login_changed", "ready")]
+        h.heard.clear()
+        h.manager.progress()  # outside a batch, each report is heard at once
+        assert h.heard == [("login_changed", "ready")]
     run(main())
 
 

@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -67,6 +68,8 @@ class ManagerEvents(Protocol):
     """What the owner (the registry) hears, and the one thing it does for a
     manager: removing its retired state dir where shutdown waits for it."""
     def remove_in_background(self, path: str) -> None: ...
+    # The events reported inside are heard as one.
+    def batch(self) -> AbstractContextManager[None]: ...
     def manager_progressed(self, manager: Manager) -> None: ...
     def manager_ready(self, manager: Manager, report: ReadyReport) -> None: ...
     def manager_failed(self, manager: Manager, reason: str) -> None: ...
@@ -253,6 +256,12 @@ class Manager:
         return fifo, srvdir
 
     def _on_channel(self) -> None:
+        # What the holder said since the last read (a ready's `up` lines and
+        # its exit come together) reaches the owner's listeners once.
+        with self.events.batch():
+            self._read_channel()
+
+    def _read_channel(self) -> None:
         assert self._channel is not None
         while self._channel is not None:
             try:

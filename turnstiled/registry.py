@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
 import functools
 import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -162,13 +163,8 @@ def _entry_point(method: Callable[..., Any]) -> Callable[..., Any]:
     def run(self: Registry, *args: Any, **kwargs: Any) -> Any:
         if self._let_go:
             return None  # handed over: this daemon changes nothing any more
-        self._depth += 1
-        try:
+        with self.batch():
             return method(self, *args, **kwargs)
-        finally:
-            self._depth -= 1
-            if not self._depth:
-                self._tell_listeners()
     return run
 
 
@@ -720,6 +716,19 @@ class Registry:
                 self._stop(login)
 
     # -- the listeners
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Entry points made inside are heard as one: the listeners hear what
+        they changed once, at the end (a holder's burst of reports, at a
+        cold login, is one state file and one record, not one per line)."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if not self._depth:
+                self._tell_listeners()
 
     def _touch(self, login: Login) -> None:
         """login's public fields changed: its listeners hear of it."""
