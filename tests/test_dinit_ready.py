@@ -100,6 +100,14 @@ def test_ready_starts_boot_and_reports_each_boot_service(ready):
                              f"--socket-path {ready.sock_path} list"]
 
 
+def test_ready_with_empty_boot_dirs_asks_for_no_list(ready):
+    (ready.boot / ".hidden").write_text("")  # dinit skips dot names
+    res = ready()
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "" and res.stderr == ""
+    assert ready.calls() == [f"--quiet --socket-path {ready.sock_path} start boot"]
+
+
 def test_ready_fails_when_a_boot_service_did_not_start(ready):
     ready.services(ready.boot, a=STARTED, bad=FAILED + " (exit status: 1)", slow=STARTING)
     res = ready()
