@@ -70,6 +70,7 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -417,16 +418,43 @@ static int build_env(char **pam_env)
 
 /* -- running things as the user */
 
+/* What the child runs is written for a child that shares the holder's
+ * memory until it execs (see spawn): it allocates nothing, takes no lock,
+ * uses no stdio, writes no variable of the holder's (errno aside, which
+ * the holder does not read across a spawn), and makes only plain system
+ * calls. */
+
+/* The credential calls go to the kernel directly. glibc's setuid, setgid
+ * and setgroups change every thread of a process that has had threads (a
+ * PAM module may start one), by signalling them; in a child sharing the
+ * holder's memory that would act on the holder's threads and locks. The
+ * child is one thread of its own, so the bare call is all it needs.
+ * Where the old 16-bit calls kept the plain names, the 32-bit ones are
+ * taken. */
+#ifdef SYS_setuid32
+#define SYS_SETUID SYS_setuid32
+#define SYS_SETGID SYS_setgid32
+#define SYS_SETGROUPS SYS_setgroups32
+#else
+#define SYS_SETUID SYS_setuid
+#define SYS_SETGID SYS_setgid
+#define SYS_SETGROUPS SYS_setgroups
+#endif
+
 /* In the child, still root: moves this process into spec.cgroup. */
 static int enter_cgroup(void)
 {
+    static const char procs[] = "/cgroup.procs";
     char path[PATH_MAX];
     if (!*spec.cgroup)
         return 0;
-    if (snprintf(path, sizeof path, "%s/cgroup.procs", spec.cgroup) >= (int)sizeof path) {
+    size_t len = strlen(spec.cgroup);
+    if (len + sizeof procs > sizeof path) {
         errno = ENAMETOOLONG;
         return -1;
     }
+    memcpy(path, spec.cgroup, len);
+    memcpy(path + len, procs, sizeof procs);
     int fd = open(path, O_WRONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
@@ -438,14 +466,24 @@ static int enter_cgroup(void)
     return n == 1 ? 0 : -1;
 }
 
-/* In the child: become the user and exec; never returns. */
+/* In the child: become the user and exec; never returns. Every signal is
+ * blocked on entry (see spawn). */
 static void exec_as_user(char *const argv[], int out, int new_session, int report)
 {
+    /* Handlers go back to the default while every signal is still
+     * blocked: the holder's handlers are the holder's code on the holder's
+     * memory, and must never run in the child. Then nothing is blocked, as
+     * the program expects. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            sigaction(sig, &dfl, NULL);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    for (int sig = 1; sig < NSIG; sig++)
-        signal(sig, SIG_DFL);
     if (new_session)
         setsid();
     int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -458,7 +496,8 @@ static void exec_as_user(char *const argv[], int out, int new_session, int repor
     close_fds_from(4);
     if (enter_cgroup())
         goto fail;
-    if (setgroups(spec.ngroups, spec.groups) || setgid(spec.gid) || setuid(spec.uid))
+    if (syscall(SYS_SETGROUPS, spec.ngroups, spec.groups) || syscall(SYS_SETGID, spec.gid)
+        || syscall(SYS_SETUID, spec.uid))
         goto fail;
     if (getuid() != spec.uid || geteuid() != spec.uid || getegid() != spec.gid)
         goto fail;
