@@ -61,15 +61,18 @@
 #include <dirent.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -417,16 +420,43 @@ static int build_env(char **pam_env)
 
 /* -- running things as the user */
 
+/* What the child runs is written for a child that shares the holder's
+ * memory until it execs (see spawn): it allocates nothing, takes no lock,
+ * uses no stdio, writes no variable of the holder's (errno aside, which
+ * the holder does not read across a spawn), and makes only plain system
+ * calls. */
+
+/* The credential calls go to the kernel directly. glibc's setuid, setgid
+ * and setgroups change every thread of a process that has had threads (a
+ * PAM module may start one), by signalling them; in a child sharing the
+ * holder's memory that would act on the holder's threads and locks. The
+ * child is one thread of its own, so the bare call is all it needs.
+ * Where the old 16-bit calls kept the plain names, the 32-bit ones are
+ * taken. */
+#ifdef SYS_setuid32
+#define SYS_SETUID SYS_setuid32
+#define SYS_SETRESGID SYS_setresgid32
+#define SYS_SETGROUPS SYS_setgroups32
+#else
+#define SYS_SETUID SYS_setuid
+#define SYS_SETRESGID SYS_setresgid
+#define SYS_SETGROUPS SYS_setgroups
+#endif
+
 /* In the child, still root: moves this process into spec.cgroup. */
 static int enter_cgroup(void)
 {
+    static const char procs[] = "/cgroup.procs";
     char path[PATH_MAX];
     if (!*spec.cgroup)
         return 0;
-    if (snprintf(path, sizeof path, "%s/cgroup.procs", spec.cgroup) >= (int)sizeof path) {
+    size_t len = strlen(spec.cgroup);
+    if (len + sizeof procs > sizeof path) {
         errno = ENAMETOOLONG;
         return -1;
     }
+    memcpy(path, spec.cgroup, len);
+    memcpy(path + len, procs, sizeof procs);
     int fd = open(path, O_WRONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
@@ -438,14 +468,24 @@ static int enter_cgroup(void)
     return n == 1 ? 0 : -1;
 }
 
-/* In the child: become the user and exec; never returns. */
+/* In the child: become the user and exec; never returns. Every signal is
+ * blocked on entry (see spawn). */
 static void exec_as_user(char *const argv[], int out, int new_session, int report)
 {
+    /* Handlers go back to the default while every signal is still
+     * blocked: the holder's handlers are the holder's code on the holder's
+     * memory, and must never run in the child. Then nothing is blocked, as
+     * the program expects. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            sigaction(sig, &dfl, NULL);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    for (int sig = 1; sig < NSIG; sig++)
-        signal(sig, SIG_DFL);
     if (new_session)
         setsid();
     int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -458,7 +498,17 @@ static void exec_as_user(char *const argv[], int out, int new_session, int repor
     close_fds_from(4);
     if (enter_cgroup())
         goto fail;
-    if (setgroups(spec.ngroups, spec.groups) || setgid(spec.gid) || setuid(spec.uid))
+    /* The saved gid stays root's until the exec, which sets it to the
+     * effective one. Between dropping root and the exec the child shares
+     * the holder's memory, and were it the user's process in every id,
+     * the user could ptrace it, or write to its /proc/PID/mem, wherever
+     * the kernel leaves it dumpable (fs.suid_dumpable=1): that would be
+     * writing to the holder, a root process. A saved gid not the user's
+     * fails the kernel's check that the tracer's ids are all the
+     * target's. Capabilities follow the uids, which all become the
+     * user's here. */
+    if (syscall(SYS_SETGROUPS, spec.ngroups, spec.groups)
+        || syscall(SYS_SETRESGID, spec.gid, spec.gid, 0) || syscall(SYS_SETUID, spec.uid))
         goto fail;
     if (getuid() != spec.uid || geteuid() != spec.uid || getegid() != spec.gid)
         goto fail;
@@ -472,25 +522,104 @@ fail:;
     _exit(127);
 }
 
-/* Forks and execs argv as the user; returns the pid, or -errno. */
+/* The child's stack: spawn's child runs on its own stack in the holder's
+ * memory, made once and kept, with an inaccessible page at the end it
+ * grows towards, so that an overflow faults instead of writing over the
+ * holder's data. One stack serves every spawn: the holder is suspended
+ * until the child execs or exits, after which nothing runs on it. */
+#define CHILD_STACK_SIZE (64 * 1024)
+static char *child_stack;        /* its lowest address, a guard page */
+static size_t child_stack_len;
+
+static int make_child_stack(void)
+{
+    if (child_stack)
+        return 0;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t len = CHILD_STACK_SIZE + 2 * page;
+    char *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (p == MAP_FAILED)
+        return -1;
+    /* a guard page at either end: which one the stack grows towards
+     * depends on the architecture */
+    if (mprotect(p, page, PROT_NONE) || mprotect(p + len - page, page, PROT_NONE)) {
+        int err = errno;
+        munmap(p, len);
+        errno = err;
+        return -1;
+    }
+    child_stack = p;
+    child_stack_len = len;
+    return 0;
+}
+
+struct child_args {
+    char *const *argv;
+    int out, new_session, report;
+};
+
+static int child_main(void *arg)
+{
+    const struct child_args *a = arg;
+    exec_as_user(a->argv, a->out, a->new_session, a->report);
+    return 127;  /* not reached: exec_as_user execs or exits */
+}
+
+/* Starts argv as the user; returns the pid once it runs, or -errno.
+ *
+ * The child is a clone with CLONE_VM | CLONE_VFORK, as a vfork on a stack
+ * of its own: it shares the holder's memory and the holder is suspended
+ * until it execs or exits. fork would copy the page tables of the holder
+ * (libpam and its modules included) only for the child to throw them away
+ * at exec, and the holder would then take copy-on-write faults on its own
+ * pages; this is on every login's path (run, then ready) and on stop. The
+ * holder waits for the exec anyway, to report an exec failure, so being
+ * suspended costs nothing.
+ *
+ * Every signal is blocked across the clone: a signal that arrived in the
+ * child before it has put every handler back to the default would run
+ * the holder's handler in the child, on the holder's memory. The child
+ * unblocks them once it has (exec_as_user).
+ *
+ * Why the exec is reported through a pipe, when the shared memory could
+ * carry the errno: CLONE_VM is not always honoured. valgrind runs such a
+ * clone as a plain fork, whose child writes to its own copy of the memory.
+ * A close-on-exec pipe works either way: end of file means the exec
+ * happened, an int on it is the errno of whatever failed. */
 static pid_t spawn(char *const argv[], int out, int new_session)
 {
+    if (make_child_stack())
+        return -errno;
     int report[2];
     if (pipe2(report, O_CLOEXEC))
         return -errno;
-    pid_t pid = fork();
+    struct child_args args = {argv, out, new_session, report[1]};
+    /* (glibc keeps its two internal signals out of any mask; it sends
+     * them only to the holder's own threads, never to the child.) */
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
+#ifdef __hppa__
+    char *sp = child_stack + (size_t)sysconf(_SC_PAGESIZE);  /* grows up */
+#else
+    char *sp = child_stack + child_stack_len - (size_t)sysconf(_SC_PAGESIZE);
+#endif
+    /* The kernel marks the memory of a process that drops root not
+     * dumpable (per fs.suid_dumpable); the child's is the holder's, so the
+     * holder puts its own mark back once the child is done with it. */
+    int dumpable = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+    pid_t pid = clone(child_main, sp, CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
+    int err = errno;
+    if (dumpable >= 0 && prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != dumpable)
+        prctl(PR_SET_DUMPABLE, dumpable, 0, 0, 0);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    close(report[1]);
     if (pid < 0) {
-        int err = errno;
         close(report[0]);
-        close(report[1]);
         return -err;
     }
-    if (pid == 0) {
-        close(report[0]);
-        exec_as_user(argv, out, new_session, report[1]);
-    }
-    close(report[1]);
-    int err = 0;
+    err = 0;
     ssize_t n;
     do
         n = read(report[0], &err, sizeof err);

@@ -69,6 +69,18 @@ def test_run_has_only_stdio_and_a_session_of_its_own(running):
     assert os.getsid(pid) == pid, "run is not in a session of its own"
 
 
+def test_run_starts_with_no_signal_blocked_ignored_or_caught(running):
+    # The holder blocks the signals it reads from its signalfd; the child
+    # it starts run in blocks everything until its handlers are reset.
+    # Signals 32 and 33 are glibc's own, which its sigaction refuses to
+    # change (its posix_spawn, that started the holder, ignores them).
+    _, pid = running
+    st = status_of(pid)
+    glibcs = 1 << 31 | 1 << 32
+    for field in ("SigBlk", "SigIgn", "SigCgt"):
+        assert int(st[field], 16) & ~glibcs == 0, (field, st[field])
+
+
 def test_run_has_the_open_files_limit_it_was_given(running):
     _, pid = running
     # The daemon's raised limit is not the user's.
@@ -374,3 +386,19 @@ def test_a_whole_run_is_valgrind_clean(setup, holders, test_user, sandbox):
     assert status == 0, report
     assert "ERROR SUMMARY: 0 errors" in report, report
     assert "definitely lost: 0 bytes" in report or "All heap blocks were freed" in report, report
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_exec_failure_is_reported_when_the_child_is_a_fork(setup, holders, test_user,
+                                                           sandbox):
+    # valgrind runs the holder's memory-sharing clone as a plain fork: the
+    # report of the exec's failure has to reach the holder all the same.
+    os.chmod(setup.backend, 0o644)
+    h = setup.start(holders, wrapper=[
+        shutil.which("valgrind"), "--error-exitcode=99", "--child-silent-after-fork=yes",
+        f"--log-file={sandbox / 'valgrind.log'}"])
+    verb, msg = h.event(30)
+    assert verb == "error" and "Permission denied" in msg, (verb, msg)
+    assert h.until("gone", 30) == [("gone", "")]
+    assert h.wait(30) == 1
+    assert not procs_of(test_user.uid)
