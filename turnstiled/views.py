@@ -105,12 +105,13 @@ _SESSION_FILE_KEYS = _FileKeys(_SESSION_RENAMED)
 def _file_text(view: dict[str, object], keys: _FileKeys) -> str:
     """KEY=VALUE lines. Values come from clients and users (a remote host,
     a service name): one line each, whatever a reader takes for a line
-    break (turnstiled.text.escape)."""
-    lines = []
+    break (turnstiled.text.escape; checked here first, as it would, for
+    the usual value that needs nothing)."""
+    out: list[str] = []
     for key, value in view.items():
         kind = type(value)
         if kind is str:
-            text = escape(value)
+            text = value if value.isprintable() and "\\" not in value else escape(value)
         elif value is None:
             text = ""
         elif key in _TIMES:
@@ -123,5 +124,7 @@ def _file_text(view: dict[str, object], keys: _FileKeys) -> str:
             text = escape(" ".join(map(str, value)))
         else:
             text = escape(str(value))
-        lines.append(f"{keys.get(key) or keys[key]}{text}\n")
-    return "".join(lines)
+        out.append(keys[key])
+        out.append(text)
+        out.append("\n")
+    return "".join(out)
