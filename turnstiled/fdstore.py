@@ -15,6 +15,7 @@ import array
 import logging
 import os
 import socket
+import struct
 from dataclasses import dataclass
 
 from .children import Children
@@ -23,8 +24,11 @@ log = logging.getLogger("turnstiled")
 
 MAX_PACKET = 65536
 # How long a send to the store may block: it does nothing slow, so a full
-# buffer means it is stuck, and a stuck store must not stall logins.
+# buffer means it is stuck, and a stuck store must not stall logins. The
+# kernel bounds it (SO_SNDTIMEO on a blocking socket): a Python timeout
+# would cost every send, each login's among them, a poll() first.
 SEND_TIMEOUT = 2.0
+_SNDTIMEO = struct.pack("@ll", int(SEND_TIMEOUT), int(SEND_TIMEOUT % 1 * 1_000_000))
 
 
 class StoreError(Exception):
@@ -92,7 +96,7 @@ class FdStore:
         except OSError:
             sock.close()
             raise
-        sock.settimeout(SEND_TIMEOUT)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _SNDTIMEO)
         return sock
 
     def _start(self) -> None:
@@ -150,7 +154,7 @@ class FdStore:
             raise
         finally:
             if self._sock is not None:
-                self._sock.settimeout(SEND_TIMEOUT)
+                self._sock.settimeout(None)  # sends: bounded by SO_SNDTIMEO
         return entries
 
     def _send(self, packet: bytes, fd: int | None = None) -> None:
@@ -163,8 +167,10 @@ class FdStore:
                 self._sock.sendmsg([packet], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                                array.array("i", [fd]))])
         except OSError as err:
+            # SO_SNDTIMEO ran out: EAGAIN.
+            reason = "timed out" if isinstance(err, BlockingIOError) else err.strerror or err
             log.error("cannot reach the fd store (%s): a restart now would stop every "
-                      "manager", err.strerror or err)
+                      "manager", reason)
             self.close()
 
 

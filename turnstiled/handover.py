@@ -43,6 +43,9 @@ from .users import lookup_uid
 log = logging.getLogger("turnstiled")
 
 VERSION = 1
+# Records are plain dicts, lists and scalars, never a cycle: one encoder
+# for them all, without the check for cycles (a login sends one or two).
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 # How often a store that died is started afresh, at most.
 STORE_RETRY = 10.0
 
@@ -145,7 +148,7 @@ class Handover:
         new_fd = fd >= 0 and self._fd_of.get(name) != id(owner)
         if not new_fd and self._records.get(name) == record:
             return
-        data = json.dumps(record, separators=(",", ":")).encode()
+        data = _encode(record).encode()
         self._records[name] = record
         if not new_fd and self._sent.get(name) == data:
             return

@@ -42,6 +42,12 @@ class SyslogHandler(logging.Handler):
 
 
 def setup(config: Config) -> None:
+    # Every login logs a line: its record need not say which source line,
+    # thread or multiprocessing process made it, as no format shows them
+    # (finding the caller walks the stack for each record).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     root = logging.getLogger("turnstiled")
     root.handlers.clear()
     root.setLevel(logging.DEBUG if config.debug else logging.INFO)

@@ -102,6 +102,10 @@ def encode_handshake(hs: Handshake) -> bytes:
     return b"".join(out)
 
 
+# The decoder's stages, in order.
+_START, _UID, _VTNR, _REMOTE, _STRINGS, _DONE = range(6)
+
+
 class HandshakeDecoder:
     """Incremental decoder of the client's handshake.
 
@@ -109,6 +113,10 @@ class HandshakeDecoder:
     (so the caller can check the peer before reading the rest), and `feed`
     returns the Handshake once complete. Every length is checked against its
     bound before anything is buffered for it.
+
+    Each feed decodes what it can from where the last one stopped, reading
+    at offsets into the buffer and dropping what it used once: a handshake
+    that comes in one piece, as it usually does, is decoded in one pass.
     """
 
     def __init__(self) -> None:
@@ -118,90 +126,84 @@ class HandshakeDecoder:
         self._remote = False
         self._strings: list[str] = []
         self._want_len: int | None = None
-        self._stage = "start"
+        self._stage = _START
         # Whether any byte came: a connection closed before one is a probe
         # (is the daemon up?), not a client.
         self.started = False
 
     def feed(self, data: bytes) -> Handshake | None:
-        if self._stage == "done":
+        if self._stage == _DONE:
             raise ProtocolError("data after the handshake")
-        self.started = self.started or bool(data)
-        self._buf += data
-        while self._step():
-            pass
-        if self._stage == "done":
-            if self._buf:
+        if data:
+            self.started = True
+        buf = self._buf
+        buf += data
+        used = self._decode(buf)
+        if used:
+            del buf[:used]
+        if self._stage == _DONE:
+            if buf:
                 raise ProtocolError("data after the handshake")
             return Handshake(self.uid or 0, self._vtnr, self._remote, *self._strings)
         return None
 
-    def _take(self, n: int) -> bytes | None:
-        if len(self._buf) < n:
-            return None
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
-        return data
-
-    def _step(self) -> bool:
-        """Decodes one item if enough bytes are there; False when it needs more."""
-        stage = self._stage
-        if stage == "start":
-            head = self._take(1)
-            if head is None:
-                return False
-            if head[0] != MSG_START:
-                raise ProtocolError(f"expected START (5), got message byte {head[0]}")
-            self._stage = "uid"
-        elif stage == "uid":
-            raw = self._take(_UINT.size)
-            if raw is None:
-                return False
-            (self.uid,) = _UINT.unpack(raw)
-            self._stage = "vtnr"
-        elif stage == "vtnr":
-            raw = self._take(_ULONG.size)
-            if raw is None:
-                return False
-            (self._vtnr,) = _ULONG.unpack(raw)
-            self._stage = "remote"
-        elif stage == "remote":
-            raw = self._take(_BOOL.size)
-            if raw is None:
-                return False
-            if raw[0] > 1:
-                raise ProtocolError(f"remote flag must be 0 or 1, got {raw[0]}")
-            self._remote = bool(raw[0])
-            self._stage = "strings"
-        elif stage == "strings":
-            return self._step_string()
-        else:
-            return False
-        return True
-
-    def _step_string(self) -> bool:
-        name, lo, hi = FIELDS[len(self._strings)]
-        if self._want_len is None:
-            raw = self._take(_SIZE.size)
-            if raw is None:
-                return False
-            (length,) = _SIZE.unpack(raw)
-            if not lo <= length <= hi:
-                raise ProtocolError(f"{name}: length {length} outside {lo}..{hi}")
-            self._want_len = length
-        data = self._take(self._want_len)
-        if data is None:
-            return False
-        if b"\0" in data:
-            raise ProtocolError(f"{name}: contains a NUL byte")
-        try:
-            self._strings.append(data.decode())
-        except UnicodeDecodeError:
-            raise ProtocolError(f"{name}: not valid UTF-8") from None
-        self._want_len = None
-        if len(self._strings) == len(FIELDS):
-            self._stage = "done"
-        return True
+    def _decode(self, buf: bytearray) -> int:
+        """Decodes the items buf holds whole; how many bytes they took."""
+        pos, end, stage = 0, len(buf), self._stage
+        if stage == _START:
+            if end < 1:
+                return pos
+            if buf[0] != MSG_START:
+                raise ProtocolError(f"expected START (5), got message byte {buf[0]}")
+            pos, stage = 1, _UID
+            self._stage = stage
+        if stage == _UID:
+            if end - pos < _UINT.size:
+                return pos
+            (self.uid,) = _UINT.unpack_from(buf, pos)
+            pos += _UINT.size
+            stage = self._stage = _VTNR
+        if stage == _VTNR:
+            if end - pos < _ULONG.size:
+                return pos
+            (self._vtnr,) = _ULONG.unpack_from(buf, pos)
+            pos += _ULONG.size
+            stage = self._stage = _REMOTE
+        if stage == _REMOTE:
+            if end - pos < _BOOL.size:
+                return pos
+            flag = buf[pos]
+            if flag > 1:
+                raise ProtocolError(f"remote flag must be 0 or 1, got {flag}")
+            self._remote = bool(flag)
+            pos += _BOOL.size
+            stage = self._stage = _STRINGS
+        strings = self._strings
+        while stage == _STRINGS:
+            name, lo, hi = FIELDS[len(strings)]
+            length = self._want_len
+            if length is None:
+                if end - pos < _SIZE.size:
+                    return pos
+                (length,) = _SIZE.unpack_from(buf, pos)
+                if not lo <= length <= hi:
+                    raise ProtocolError(f"{name}: length {length} outside {lo}..{hi}")
+                pos += _SIZE.size
+                self._want_len = length
+            if end - pos < length:
+                return pos
+            data = buf[pos:pos + length]
+            if b"\0" in data:
+                raise ProtocolError(f"{name}: contains a NUL byte")
+            try:
+                strings.append(data.decode())
+            except UnicodeDecodeError:
+                raise ProtocolError(f"{name}: not valid UTF-8") from None
+            pos += length
+            self._want_len = None
+            if len(strings) == len(FIELDS):
+                stage = self._stage = _DONE
+        return pos
 
 
 def encode_env(env: dict[str, str]) -> bytes:

@@ -67,10 +67,13 @@ class RateLimitedLog:
 _refusals = RateLimitedLog()
 
 
+_UCRED = struct.Struct("3i")
+
+
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process that connected."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
     return pid, uid, gid
 
 
@@ -173,19 +176,28 @@ class ControlConnection:
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        """A new connection: its peer is checked, then its handshake read."""
+        """A new connection: its peer is checked, then its handshake read.
+        The handshake is usually there already: then the login is answered
+        before the connection is watched, and needs no handshake timer."""
         self.sock.setblocking(False)
         try:
             self.pid, self.peer_uid, _ = peer_credentials(self.sock)
         except OSError:
             self.abort()
             return
-        self.loop.add_reader(self.fd, self._readable)
         if self.peer_uid != 0:
+            self.loop.add_reader(self.fd, self._readable)
             self._refuse()
             return
-        self._timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timed_out)
-        self._readable()
+        try:
+            self._readable()
+        finally:
+            if self.sock is not None:  # else failed, or closed without a word
+                # Watched from now on: what came meanwhile is seen next turn.
+                self.loop.add_reader(self.fd, self._readable)
+                if self.phase is _Phase.HANDSHAKE:
+                    self._timer = self.loop.call_later(HANDSHAKE_TIMEOUT,
+                                                       self._handshake_timed_out)
 
     def resume(self) -> None:
         """An adopted connection, taken up in the phase it was in."""

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from . import views
 from .config import Config
-from .text import escape
 
 if TYPE_CHECKING:
     from .registry import Login, Session
@@ -64,24 +63,28 @@ class StateDir:
                 os.unlink(os.path.join(d, name))
         self._published.clear()
 
-    def write_user(self, uid: int, fields: dict[str, object]) -> None:
-        self._publish(self.users, str(uid), fields)
+    # Names are uids and session ids (digits): a file's path is the
+    # directory's and its name, no os.path.join needed.
 
-    def write_session(self, sid: str, fields: dict[str, object]) -> None:
-        self._publish(self.sessions, sid, fields)
+    def write_user(self, uid: int, text: str) -> None:
+        """text: KEY=VALUE lines (turnstiled.views.user_file)."""
+        self._publish(self.users, str(uid), text)
+
+    def write_session(self, sid: str, text: str) -> None:
+        """text: KEY=VALUE lines (turnstiled.views.session_file)."""
+        self._publish(self.sessions, sid, text)
 
     def remove_user(self, uid: int) -> None:
-        self._remove(os.path.join(self.users, str(uid)))
+        self._remove(f"{self.users}/{uid}")
 
     def remove_session(self, sid: str) -> None:
-        self._remove(os.path.join(self.sessions, sid))
+        self._remove(f"{self.sessions}/{sid}")
 
-    def _publish(self, directory: str, name: str, fields: dict[str, object]) -> None:
-        text = "".join(f"{k}={_flat(v)}\n" for k, v in fields.items())
-        path = os.path.join(directory, name)
+    def _publish(self, directory: str, name: str, text: str) -> None:
+        path = f"{directory}/{name}"
         if self._published.get(path) == text:
             return
-        if _write(directory, name, text):
+        if _write(directory, name, path, text):
             self._published[path] = text
         else:
             self._published.pop(path, None)
@@ -128,36 +131,30 @@ class StateFiles:
         pass
 
 
-def _write(directory: str, name: str, text: str) -> bool:
-    """Publishes one file; False if it could not. A failure (ENOSPC on a
-    full /run) is logged and leaves nothing behind: published state is a
-    view, never a reason for a login to fail or for the registry to keep
-    what it should not."""
-    tmp = os.path.join(directory, f".{name}.tmp")
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _write(directory: str, name: str, path: str, text: str) -> bool:
+    """Publishes one file at path (directory/name); False if it could not.
+    A failure (ENOSPC on a full /run) is logged and leaves nothing behind:
+    published state is a view, never a reason for a login to fail or for
+    the registry to keep what it should not."""
+    tmp = f"{directory}/.{name}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o644)
+        fd = os.open(tmp, _CREATE, 0o644)
         try:
             data = text.encode(errors="surrogateescape")
             if os.write(fd, data) != len(data):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         finally:
             os.close(fd)
-        os.rename(tmp, os.path.join(directory, name))
+        os.rename(tmp, path)
         return True
     except OSError as err:
         _unlink(tmp)
-        _unlink(os.path.join(directory, name))  # stale is worse than missing
+        _unlink(path)  # stale is worse than missing
         log.error("cannot publish %s/%s: %s", directory, name, err.strerror)
         return False
-
-
-def _flat(value: object) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    # Values come from clients and users (a remote host, a service name):
-    # one line each, whatever a reader takes for a line break.
-    return escape(str(value))
 
 
 def _unlink(path: str) -> None:

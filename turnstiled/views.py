@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from . import linger
 from .config import Config
+from .text import escape
 
 if TYPE_CHECKING:
     from .registry import Login, Session
@@ -25,8 +26,8 @@ if TYPE_CHECKING:
 
 # State-file keys that are not the field's name upper-cased (kept for the
 # readers that already use them).
-_FILE_KEYS = {"user": "NAME", "runtime_dir": "RUNTIME"}
-_SESSION_FILE_KEYS = {"since": "REALTIME"}
+_USER_RENAMED = {"user": "NAME", "runtime_dir": "RUNTIME"}
+_SESSION_RENAMED = {"since": "REALTIME"}
 # Fields holding a time.time() value.
 _TIMES = {"since", "manager_since"}
 
@@ -74,22 +75,56 @@ def seat(st: Seat, seats: Seats) -> dict[str, object]:
     }
 
 
-def user_file(login: Login, config: Config) -> dict[str, object]:
-    return _file_fields(user(login, config), _FILE_KEYS)
+def user_file(login: Login, config: Config) -> str:
+    """The text of the user's state file."""
+    return _file_text(user(login, config), _USER_FILE_KEYS)
 
 
-def session_file(s: Session, seats: Seats | None = None) -> dict[str, object]:
-    return _file_fields(session(s, seats), _SESSION_FILE_KEYS)
+def session_file(s: Session, seats: Seats | None = None) -> str:
+    """The text of the session's state file."""
+    return _file_text(session(s, seats), _SESSION_FILE_KEYS)
 
 
-def _file_fields(view: dict[str, object], renamed: dict[str, str]) -> dict[str, object]:
-    out: dict[str, object] = {}
+class _FileKeys(dict):
+    """A view's key -> "KEY=" as its state file writes it, worked out once
+    per key: the files are written at every login."""
+
+    def __init__(self, renamed: dict[str, str]) -> None:
+        super().__init__()
+        self.renamed = renamed
+
+    def __missing__(self, key: str) -> str:
+        line_start = self[key] = f"{self.renamed.get(key, key.upper())}="
+        return line_start
+
+
+_USER_FILE_KEYS = _FileKeys(_USER_RENAMED)
+_SESSION_FILE_KEYS = _FileKeys(_SESSION_RENAMED)
+
+
+def _file_text(view: dict[str, object], keys: _FileKeys) -> str:
+    """KEY=VALUE lines. Values come from clients and users (a remote host,
+    a service name): one line each, whatever a reader takes for a line
+    break (turnstiled.text.escape; checked here first, as it would, for
+    the usual value that needs nothing)."""
+    out: list[str] = []
     for key, value in view.items():
-        if value is None:
-            value = ""
+        kind = type(value)
+        if kind is str:
+            text = value if value.isprintable() and "\\" not in value else escape(value)
+        elif value is None:
+            text = ""
         elif key in _TIMES:
-            value = int(value * 1_000_000)
-        elif isinstance(value, list):
-            value = " ".join(map(str, value))
-        out[renamed.get(key, key.upper())] = value
-    return out
+            text = str(int(value * 1_000_000))
+        elif kind is int:
+            text = str(value)
+        elif kind is bool:
+            text = "1" if value else "0"
+        elif kind is list:
+            text = escape(" ".join(map(str, value)))
+        else:
+            text = escape(str(value))
+        out.append(keys[key])
+        out.append(text)
+        out.append("\n")
+    return "".join(out)
