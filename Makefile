@@ -37,8 +37,10 @@ all: pam/pam_turnstile.so holder/turnstiled-holder holder/turnstiled-fdstore
 pam/pam_turnstile.so: pam/pam_turnstile.c
 	$(CC) $(CFLAGS) $(PAM_CFLAGS) -shared -o $@ $< -lpam
 
+# Bound at load: a spawned child shares the holder's memory until its exec,
+# and should not run the dynamic linker's lazy binding on it.
 holder/turnstiled-holder: holder/turnstiled-holder.c holder/close-fds.h
-	$(CC) $(CFLAGS) $(HOLDER_CFLAGS) -o $@ $< -lpam
+	$(CC) $(CFLAGS) $(HOLDER_CFLAGS) -Wl,-z,relro,-z,now -o $@ $< -lpam
 
 holder/turnstiled-fdstore: holder/turnstiled-fdstore.c holder/close-fds.h
 	$(CC) $(CFLAGS) $(HOLDER_CFLAGS) -o $@ $<

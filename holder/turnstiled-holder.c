@@ -498,17 +498,18 @@ static void exec_as_user(char *const argv[], int out, int new_session, int repor
     close_fds_from(4);
     if (enter_cgroup())
         goto fail;
-    /* The saved gid stays root's until the exec, which sets it to the
-     * effective one. Between dropping root and the exec the child shares
-     * the holder's memory, and were it the user's process in every id,
-     * the user could ptrace it, or write to its /proc/PID/mem, wherever
-     * the kernel leaves it dumpable (fs.suid_dumpable=1): that would be
-     * writing to the holder, a root process. A saved gid not the user's
-     * fails the kernel's check that the tracer's ids are all the
-     * target's. Capabilities follow the uids, which all become the
-     * user's here. */
+    /* The saved gid stays one not the user's until the exec, which sets
+     * it to the effective one. Between dropping root and the exec the
+     * child shares the holder's memory, and were it the user's process in
+     * every id, the user could ptrace it, or write to its /proc/PID/mem,
+     * wherever the kernel leaves it dumpable (fs.suid_dumpable=1): that
+     * would be writing to the holder, a root process. A saved gid not the
+     * user's fails the kernel's check that the tracer's ids are all the
+     * target's; root's, or for a user whose group is root's, another.
+     * Capabilities follow the uids, which all become the user's here. */
+    gid_t saved = spec.gid != 0 ? 0 : 1;
     if (syscall(SYS_SETGROUPS, spec.ngroups, spec.groups)
-        || syscall(SYS_SETRESGID, spec.gid, spec.gid, 0) || syscall(SYS_SETUID, spec.uid))
+        || syscall(SYS_SETRESGID, spec.gid, spec.gid, saved) || syscall(SYS_SETUID, spec.uid))
         goto fail;
     if (getuid() != spec.uid || geteuid() != spec.uid || getegid() != spec.gid)
         goto fail;
