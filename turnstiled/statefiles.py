@@ -84,7 +84,7 @@ class StateDir:
         path = f"{directory}/{name}"
         if self._published.get(path) == text:
             return
-        if _write(directory, name, path, text):
+        if _write(directory, name, text):
             self._published[path] = text
         else:
             self._published.pop(path, None)
@@ -134,12 +134,12 @@ class StateFiles:
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _write(directory: str, name: str, path: str, text: str) -> bool:
-    """Publishes one file at path (directory/name); False if it could not.
+def _write(directory: str, name: str, text: str) -> bool:
+    """Publishes one file; False if it could not.
     A failure (ENOSPC on a full /run) is logged and leaves nothing behind:
     published state is a view, never a reason for a login to fail or for
     the registry to keep what it should not."""
-    tmp = f"{directory}/.{name}.tmp"
+    path, tmp = f"{directory}/{name}", f"{directory}/.{name}.tmp"
     try:
         fd = os.open(tmp, _CREATE, 0o644)
         try:

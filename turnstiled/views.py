@@ -105,13 +105,12 @@ _SESSION_FILE_KEYS = _FileKeys(_SESSION_RENAMED)
 def _file_text(view: dict[str, object], keys: _FileKeys) -> str:
     """KEY=VALUE lines. Values come from clients and users (a remote host,
     a service name): one line each, whatever a reader takes for a line
-    break (turnstiled.text.escape; checked here first, as it would, for
-    the usual value that needs nothing)."""
+    break (turnstiled.text.escape)."""
     out: list[str] = []
     for key, value in view.items():
         kind = type(value)
         if kind is str:
-            text = value if value.isprintable() and "\\" not in value else escape(value)
+            text = escape(value)
         elif value is None:
             text = ""
         elif key in _TIMES:
