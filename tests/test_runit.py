@@ -341,3 +341,44 @@ def test_first_ever_login_is_not_held_by_runsvdirs_rescan(runit_daemon, test_use
         assert os.path.isdir(os.path.join(sv.dir, "turnstile-ready"))
         pam.close()
     assert waited < 0.8, waited
+
+
+def _log_in_and_out(d, user) -> None:
+    with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
+        pam.open()
+        pam.close()
+    wait_gone(user.uid, 10)
+
+
+def test_a_service_added_just_before_a_login_does_not_hold_it(runit_daemon, test_user,
+                                                             pam_module):
+    """A core service added in the very second of the login (a provisioning
+    script, then a login): runsvdir would sleep a second before its first
+    scan of the freshly changed directory."""
+    sv = one_core_service(test_user)
+    d = runit_daemon()
+    _log_in_and_out(d, test_user)  # the readiness service has run before
+    late = time.time() % 1
+    if late > 0.3:  # the edit and the login in one second
+        time.sleep(1.01 - late)
+    sv.add("b", "exec sleep infinity")
+    sv.core("a", "b")
+    sv.own()
+    t0 = time.monotonic()
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        pam.open()
+        waited = time.monotonic() - t0
+        assert sv.sv_status("b").startswith("run:"), sv.sv_status("b")
+        pam.close()
+    assert waited < 0.8, waited
+
+
+def test_a_service_dir_unchanged_since_the_last_run_is_left_alone(runit_daemon, test_user,
+                                                                 pam_module):
+    """Only a change since the manager last ran gets its time looked at."""
+    sv = one_core_service(test_user)
+    d = runit_daemon()
+    _log_in_and_out(d, test_user)
+    before = os.stat(sv.dir).st_mtime_ns
+    _log_in_and_out(d, test_user)
+    assert os.stat(sv.dir).st_mtime_ns == before
