@@ -114,6 +114,10 @@ echo "-- published state ({top}/state):"
 for f in {top}/state/users/* {top}/state/sessions/*; do echo "$f:"; sed 's/^/    /' "$f"; done
 echo "-- turnstilectl list-sessions:"; {' '.join(ctl)} list-sessions
 """, 0o755)
+        # libpam reads "other" too (the fallback for any service without a
+        # file); a distribution's denies everything.
+        write(f"{top}/pam.d/other", "auth required pam_deny.so\naccount required pam_deny.so\n"
+              "password required pam_deny.so\nsession required pam_deny.so\n")
         write(f"{top}/pam.d/login", f"""auth required pam_permit.so
 account required pam_permit.so
 session optional {MODULE} socket={top}/control.sock
