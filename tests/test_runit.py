@@ -350,12 +350,19 @@ def _log_in_and_out(d, user) -> None:
     wait_gone(user.uid, 10)
 
 
+@pytest.mark.parametrize("linked", [False, True], ids=["dir", "symlink"])
 def test_a_service_added_just_before_a_login_does_not_hold_it(runit_daemon, test_user,
-                                                             pam_module):
+                                                             pam_module, linked):
     """A core service added in the very second of the login (a provisioning
     script, then a login): runsvdir would sleep a second before its first
-    scan of the freshly changed directory."""
+    scan of the freshly changed directory. ~/.config/service may be a
+    symlink (to a dotfiles checkout, say): the directory's time counts."""
     sv = one_core_service(test_user)
+    if linked:
+        os.rename(sv.dir, sv.dir + ".real")
+        os.symlink(sv.dir + ".real", sv.dir)
+        os.utime(sv.dir, (1e9, 1e9), follow_symlinks=False)
+        sv.own()
     d = runit_daemon()
     _log_in_and_out(d, test_user)  # the readiness service has run before
     late = time.time() % 1
