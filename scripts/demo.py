@@ -153,7 +153,8 @@ session optional pam_exec.so stdout type=open_session {show}
                 print("(the manager is still there 25 s after the logout: see the daemon log)")
                 break
             time.sleep(0.1)
-        print(f"(gone {time.monotonic() - t0:.1f} s after the login)")
+        else:
+            print(f"(gone {time.monotonic() - t0:.1f} s after the login)")
         run("ps", "-o", "pid,user,cmd", "-u", str(uid))
         run("ls", "-la", f"{top}/user", f"{top}/state/users", f"{top}/state/sessions")
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 from helpers import procs_of
+from pamclient import PamLogin
 
 
 def runsvdirs(uid: int) -> list[int]:
@@ -58,3 +59,12 @@ def one_core_service(user) -> Services:
     sv.core("a")
     sv.own()
     return sv
+
+
+def log_in_and_out(d, user) -> int:
+    """One login and logout of user's; returns the pid of the manager it had."""
+    with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
+        pam.open()
+        [manager] = runsvdirs(user.uid)
+        pam.close()
+    return manager

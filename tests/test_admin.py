@@ -14,7 +14,7 @@ import pytest
 from daemon import CTL
 from helpers import fds_of, parse_kv, wait_for, wait_gone
 from pamclient import PamLogin
-from runit import Services, one_core_service, runsvdirs
+from runit import Services, log_in_and_out, one_core_service, runsvdirs
 
 
 def with_core_service(user) -> Services:
@@ -150,20 +150,11 @@ def test_root_changes_any_users_login(other_logged_in, test_users):
     wait_for(lambda: not d.session_ids(), 5)
 
 
-def _log_in_and_out(d, user) -> int:
-    """One login and logout of user's; returns the pid of the manager it had."""
-    with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
-        pam.open()
-        [manager] = runsvdirs(user.uid)
-        pam.close()
-    return manager
-
-
 def test_linger_keeps_the_manager_after_logout(daemon, test_user, pam_module):
     with_core_service(test_user)
     d = daemon(backend="runit")
     assert d.ctl("enable-linger", test_user.name).returncode == 0
-    manager = _log_in_and_out(d, test_user)
+    manager = log_in_and_out(d, test_user)
     wait_for(lambda: d.state_of(test_user.uid) == "lingering", 5)
     assert runsvdirs(test_user.uid) == [manager]
 
@@ -233,16 +224,16 @@ def test_terminate_user_ends_the_pam_side_and_the_manager(daemon, test_user, pam
 def test_a_login_within_the_stop_delay_reuses_the_manager(daemon, test_user, pam_module):
     with_core_service(test_user)
     d = daemon(backend="runit", user_stop_delay=2)
-    manager = _log_in_and_out(d, test_user)
+    manager = log_in_and_out(d, test_user)
     time.sleep(0.5)
     assert d.state_of(test_user.uid) == "lingering"
-    assert _log_in_and_out(d, test_user) == manager
+    assert log_in_and_out(d, test_user) == manager
 
 
 def test_the_manager_stops_once_the_stop_delay_is_over(daemon, test_user, pam_module):
     with_core_service(test_user)
     d = daemon(backend="runit", user_stop_delay=2)
-    _log_in_and_out(d, test_user)
+    log_in_and_out(d, test_user)
     t0 = time.monotonic()
     wait_gone(test_user.uid, 10)
     assert time.monotonic() - t0 > 1.5  # the delay held it
@@ -311,7 +302,7 @@ def test_linger_enabled_during_the_stop_delay_keeps_the_manager(daemon, test_use
                                                                pam_module):
     with_core_service(test_user)
     d = daemon(backend="runit", user_stop_delay=2)
-    manager = _log_in_and_out(d, test_user)
+    manager = log_in_and_out(d, test_user)
     assert d.ctl("enable-linger", test_user.name).returncode == 0
     time.sleep(3)  # past the delay
     assert runsvdirs(test_user.uid) == [manager]

@@ -14,7 +14,7 @@ import pytest
 from burst import OK, Burst, tally
 from helpers import PAM_SESSION_ERR, procs_of, read_kv, status_of, wait_for, wait_gone
 from pamclient import PamFailure, PamLogin
-from runit import Services, one_core_service, runsvdirs
+from runit import Services, log_in_and_out, one_core_service, runsvdirs
 from users import setpriv
 
 
@@ -343,13 +343,6 @@ def test_first_ever_login_is_not_held_by_runsvdirs_rescan(runit_daemon, test_use
     assert waited < 0.8, waited
 
 
-def _log_in_and_out(d, user) -> None:
-    with PamLogin(d.login_service(), user.name, d.service_dir) as pam:
-        pam.open()
-        pam.close()
-    wait_gone(user.uid, 10)
-
-
 @pytest.mark.parametrize("linked", [False, True], ids=["dir", "symlink"])
 def test_a_service_added_just_before_a_login_does_not_hold_it(runit_daemon, test_user,
                                                              pam_module, linked):
@@ -364,7 +357,8 @@ def test_a_service_added_just_before_a_login_does_not_hold_it(runit_daemon, test
         os.utime(sv.dir, (1e9, 1e9), follow_symlinks=False)
         sv.own()
     d = runit_daemon()
-    _log_in_and_out(d, test_user)  # the readiness service has run before
+    log_in_and_out(d, test_user)  # the readiness service has run before
+    wait_gone(test_user.uid, 10)
     late = time.time() % 1
     if late > 0.3:  # the edit and the login in one second
         time.sleep(1.01 - late)
@@ -385,7 +379,9 @@ def test_a_service_dir_unchanged_since_the_last_run_is_left_alone(runit_daemon, 
     """Only a change since the manager last ran gets its time looked at."""
     sv = one_core_service(test_user)
     d = runit_daemon()
-    _log_in_and_out(d, test_user)
+    log_in_and_out(d, test_user)
+    wait_gone(test_user.uid, 10)
     before = os.stat(sv.dir).st_mtime_ns
-    _log_in_and_out(d, test_user)
+    log_in_and_out(d, test_user)
+    wait_gone(test_user.uid, 10)
     assert os.stat(sv.dir).st_mtime_ns == before
