@@ -27,6 +27,7 @@ from holder_process import Holder, Setup
 from users import ScratchUser, kill_created_users_processes, scratch_users
 
 from turnstiled import registry
+from turnstiled.loop import Loop
 
 N_TEST_USERS = 4
 N_MANY_USERS = 40
@@ -173,6 +174,14 @@ def daemon(sandbox: Path, request: pytest.FixtureRequest) -> Iterator[Callable[.
 
 
 # -- the registry on its own
+
+
+@pytest.fixture
+def loop() -> Iterator[Loop]:
+    """The daemon's event loop, installed; nothing runs it but the test."""
+    loop = Loop().install()
+    yield loop
+    loop.close()
 
 
 @pytest.fixture
