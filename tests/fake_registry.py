@@ -6,14 +6,15 @@ runtime-dir code. Not a test module: the tests import it."""
 
 from __future__ import annotations
 
-import asyncio
 import os
+from collections.abc import Callable
 
 from helpers import read_kv
 
 from turnstiled import rundir
 from turnstiled.cgroups import Place
 from turnstiled.config import Config
+from turnstiled.loop import Loop, current
 from turnstiled.manager import ReadyReport
 from turnstiled.protocol import Handshake
 from turnstiled.registry import Registry
@@ -242,8 +243,14 @@ class Harness:
         timer = self.login().stop_timer
         if timer is None:
             return None
-        return timer.when() - asyncio.get_running_loop().time()
+        return timer.when() - current().time()
 
 
-def run(coro):
-    return asyncio.run(coro)
+def run(test: Callable[[], object]) -> object:
+    """Runs test() with a turnstiled loop installed (timers and readers
+    are set on it; nothing runs them unless the test runs the loop)."""
+    loop = Loop().install()
+    try:
+        return test()
+    finally:
+        loop.close()

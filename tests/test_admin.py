@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -276,6 +277,29 @@ def test_an_overlong_admin_line_gets_an_error_while_others_are_served(daemon):
         [over] = _lines(bad, 1)
         assert over["status"] == "bad-request" and "65536" in over["error"]
     assert d.running()
+
+
+def test_pipelined_requests_are_all_answered_in_order(daemon):
+    """Sent at once, far more replies than the socket buffers hold: reading
+    pauses while they wait and none is lost or reordered. A last request
+    without its newline, then the end of the input, is answered too."""
+    d = daemon()
+    n = 5000
+    requests = b"".join(json.dumps({"cmd": "show-user", "args": {"user": 3_000_000 + i}})
+                        .encode() + b"\n" for i in range(n)) + b'{"cmd": "status"}'
+    with _admin_connection(d) as sock:
+        def send() -> None:
+            sock.sendall(requests)
+            sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        replies = _lines(sock, n + 1)
+        sender.join(10)
+        assert sock.recv(10) == b""  # and then the daemon closes
+    assert [r["error"] for r in replies[:n]] == [f"no such user: {3_000_000 + i}"
+                                                 for i in range(n)]
+    assert len(replies) == n + 1 and replies[n]["ok"]
 
 
 def test_a_uid_past_any_machine_integer_is_not_found(daemon):

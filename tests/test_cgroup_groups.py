@@ -6,7 +6,6 @@ test's own."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import time
 
@@ -17,6 +16,7 @@ from helpers import wait_for
 from turnstiled import tracking
 from turnstiled.cgroups import Hierarchy, Place, find_mount, parse_signal, place_of
 from turnstiled.config import Config
+from turnstiled.loop import Loop
 
 # A leader that moves itself into GROUP before it starts anything, then
 # starts two processes ignoring SIGTERM (or not) and waits.
@@ -42,24 +42,29 @@ def groups_of(t: CgroupTree, **kw) -> tracking.CgroupTracking:
     return tracking.CgroupTracking(Hierarchy(str(t.mount), t.name), "test", **kw)
 
 
+def end_and_wait(loop: Loop, group: tracking.Group, timeout: float) -> bool:
+    """Ends the group, running the loop until it is; whether it emptied."""
+    said: list[bool] = []
+    group.end(timeout, said.append)
+    loop.run(until=lambda: bool(said), timeout=timeout + 1)
+    return said == [True]
+
+
 @pytest.mark.parametrize("use_kill_file", [True, False])
-def test_ending_a_group_kills_what_ignores_sigterm_within_the_bound(cgroup_tree, use_kill_file):
+def test_ending_a_group_kills_what_ignores_sigterm_within_the_bound(cgroup_tree, use_kill_file,
+                                                                   loop):
     group_path = cgroup_tree.session(0, "1")
     proc = spawn_in(group_path, STUBBORN)
     wait_members(group_path, 3)
 
-    async def main():
-        groups = groups_of(cgroup_tree, use_kill_file=use_kill_file, term_bound=0.5)
-        group = groups.session_group(0, "1")
-        t0 = time.monotonic()
-        assert await group.end_and_wait(5)
-        took = time.monotonic() - t0
-        assert not group.populated()
-        group.release()
-        await groups.close()
-        return took
-
-    took = asyncio.run(main())
+    groups = groups_of(cgroup_tree, use_kill_file=use_kill_file, term_bound=0.5)
+    group = groups.session_group(0, "1")
+    t0 = time.monotonic()
+    assert end_and_wait(loop, group, 5)
+    took = time.monotonic() - t0
+    assert not group.populated()
+    group.release()
+    groups.close()
     assert proc.wait(5) == -9
     assert not group_path.exists() and not group_path.parent.exists()
     if use_kill_file:
@@ -68,78 +73,71 @@ def test_ending_a_group_kills_what_ignores_sigterm_within_the_bound(cgroup_tree,
         assert 0.5 <= took < 3  # TERM ignored: KILL after the bound
 
 
-def test_without_cgroup_kill_a_group_that_obeys_sigterm_ends_before_the_bound(cgroup_tree):
+def test_without_cgroup_kill_a_group_that_obeys_sigterm_ends_before_the_bound(cgroup_tree, loop):
     group_path = cgroup_tree.session(0, "2")
     proc = spawn_in(group_path, OBEDIENT)
     wait_members(group_path, 3)
 
-    async def main():
-        groups = groups_of(cgroup_tree, use_kill_file=False, term_bound=5)
-        t0 = time.monotonic()
-        assert await groups.session_group(0, "2").end_and_wait(10)
-        await groups.close()
-        return time.monotonic() - t0
-
-    assert asyncio.run(main()) < 2
+    groups = groups_of(cgroup_tree, use_kill_file=False, term_bound=5)
+    t0 = time.monotonic()
+    assert end_and_wait(loop, groups.session_group(0, "2"), 10)
+    groups.close()
+    assert time.monotonic() - t0 < 2
     assert proc.wait(5) == -15
 
 
-def test_the_watch_hears_the_last_process_go_and_not_before(cgroup_tree):
+def test_the_watch_hears_the_last_process_go_and_not_before(cgroup_tree, loop):
     group_path = cgroup_tree.session(0, "3")
     first = spawn_in(group_path, "exec sleep 300")
     wait_members(group_path, 1)
     second = subprocess.Popen(["sleep", "300"])
     (group_path / "cgroup.procs").write_text(str(second.pid))
 
-    async def main():
-        groups = groups_of(cgroup_tree)
-        group = groups.session_group(0, "3")
-        heard = asyncio.Event()
-        group.on_empty(heard.set)
-        await asyncio.sleep(0.1)
-        assert not heard.is_set()
-        first.kill()
-        await asyncio.sleep(0.1)
-        assert not heard.is_set()  # one is left
-        second.kill()
-        await asyncio.wait_for(heard.wait(), 5)
-        group.release()
-        await groups.close()
-
-    asyncio.run(main())
+    groups = groups_of(cgroup_tree)
+    group = groups.session_group(0, "3")
+    heard = []
+    group.on_empty(lambda: heard.append(True))
+    loop.run(timeout=0.1)
+    assert not heard
+    first.kill()
+    loop.run(timeout=0.1)
+    assert not heard  # one is left
+    second.kill()
+    loop.run(until=lambda: bool(heard), timeout=5)
+    assert heard
+    group.release()
+    groups.close()
     first.wait(5)
     second.wait(5)
     assert not group_path.exists()
 
 
-def test_a_session_leader_is_moved_in_named_and_handed_back(cgroup_tree):
+def test_a_session_leader_is_moved_in_named_and_handed_back(cgroup_tree, loop):
     origin = cgroup_tree.root / "origin"
     leader = spawn_in(origin, "exec sleep 300")
     wait_members(origin, 1)
     try:
-        async def main():
-            groups = groups_of(cgroup_tree)
-            group = groups.enter_session(1234, "7", leader.pid)
-            session_group = cgroup_tree.session(1234, "7")
-            assert group is not None and group_of(leader.pid) == cgroup_tree.rel(session_group)
-            assert groups.place_of(leader.pid) == Place(1234, "7")
-            assert group.leader_origin == str(origin)
-            group.let_leader_go()
-            assert group_of(leader.pid) == cgroup_tree.rel(origin) and not group.populated()
-            group.let_leader_go()  # once only
-            # A next daemon knows the leader again while it is in the group.
-            again = groups.enter_session(1234, "9", leader.pid)
-            found = groups.session_group(1234, "9", leader.pid, again.leader_origin)
-            assert found.leader_origin == str(origin)
-            again.release()
-            found.let_leader_go()
-            assert group_of(leader.pid) == cgroup_tree.rel(origin)
-            # A leader already gone leaves an empty group, not an error.
-            gone = subprocess.Popen(["true"])
-            gone.wait()
-            assert groups.enter_session(1234, "8", gone.pid).populated() is False
-            await groups.close()
-        asyncio.run(main())
+        groups = groups_of(cgroup_tree)
+        group = groups.enter_session(1234, "7", leader.pid)
+        session_group = cgroup_tree.session(1234, "7")
+        assert group is not None and group_of(leader.pid) == cgroup_tree.rel(session_group)
+        assert groups.place_of(leader.pid) == Place(1234, "7")
+        assert group.leader_origin == str(origin)
+        group.let_leader_go()
+        assert group_of(leader.pid) == cgroup_tree.rel(origin) and not group.populated()
+        group.let_leader_go()  # once only
+        # A next daemon knows the leader again while it is in the group.
+        again = groups.enter_session(1234, "9", leader.pid)
+        found = groups.session_group(1234, "9", leader.pid, again.leader_origin)
+        assert found.leader_origin == str(origin)
+        again.release()
+        found.let_leader_go()
+        assert group_of(leader.pid) == cgroup_tree.rel(origin)
+        # A leader already gone leaves an empty group, not an error.
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        assert groups.enter_session(1234, "8", gone.pid).populated() is False
+        groups.close()
     finally:
         leader.kill()
         leader.wait(5)

@@ -6,8 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+
+from helpers import REPO_ROOT
 
 from turnstiled.loop import Loop
 
@@ -148,6 +152,16 @@ def test_as_asyncio_guest_both_loops_run(loop):
     assert 0.04 < time.monotonic() - t0 < 2
     a.close()
     b.close()
+
+
+def test_the_daemon_imports_neither_asyncio_nor_typing():
+    """What keeps the idle daemon small (bench/scale.py has the figure):
+    a module that imports either makes every daemon carry it."""
+    code = ("import sys, turnstiled.__main__, turnstiled.daemon\n"
+            "print(' '.join(m for m in ('asyncio', 'typing', 'ssl') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == ""
 
 
 def test_a_closed_loop_is_not_current():

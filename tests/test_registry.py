@@ -22,7 +22,7 @@ STOP_DELAY = 10.0
 
 
 def test_a_login_waits_for_its_manager_and_is_answered(tmp_path, rundir_stand_in):
-    async def main():
+    def main():
         h = Harness(tmp_path)
         s1 = h.open()
         assert h.manager.started and h.state() == "starting" and not s1.outcome.done()
@@ -40,7 +40,7 @@ def test_a_login_waits_for_its_manager_and_is_answered(tmp_path, rundir_stand_in
         assert h.state() == "ended" and h.published() is None
         assert not os.path.exists(tmp_path / "user" / str(USER.uid))
         assert len(rundir_stand_in.made) == 1
-    run(main())
+    run(main)
 
 
 # Every public state (Login.public_state): the LoginStates, and lingering,
@@ -189,7 +189,7 @@ CASES = [*TABLE, *(("lingering (linger file)", event) for event in LINGERING_BY_
 
 @pytest.mark.parametrize(("state", "event"), CASES)
 def test_every_state_and_event(tmp_path, state, event):
-    async def main():
+    def main():
         h = Harness(tmp_path, user_stop_delay=STOP_DELAY)
         _into(h, state)
         _apply(h, event)
@@ -215,11 +215,11 @@ def test_every_state_and_event(tmp_path, state, event):
         assert not list((tmp_path / "state" / "users").iterdir())
         assert not list((tmp_path / "state" / "sessions").iterdir())
         assert not (tmp_path / "user" / str(USER.uid)).exists()
-    run(main())
+    run(main)
 
 
 def test_a_login_during_the_stop_gets_a_fresh_manager(tmp_path):
-    async def main():
+    def main():
         h = Harness(tmp_path)
         _into(h, "stopping")
         s = h.open()
@@ -229,11 +229,11 @@ def test_a_login_during_the_stop_gets_a_fresh_manager(tmp_path):
         assert h.state() == "starting" and not s.outcome.done()
         h.manager.ready()
         assert s.outcome.result() is True
-    run(main())
+    run(main)
 
 
 def test_crashes_are_restarted_up_to_the_limit(tmp_path):
-    async def main():
+    def main():
         h = Harness(tmp_path)
         _into(h, "ready")
         for i in range(MAX_RESTARTS):
@@ -243,11 +243,11 @@ def test_crashes_are_restarted_up_to_the_limit(tmp_path):
         h.manager.gone(137)
         assert h.state() == "failed" and len(h.managers) == MAX_RESTARTS + 1
         assert "not restarting" in h.reg.failures[USER.uid][1]
-    run(main())
+    run(main)
 
 
 def test_the_stop_delay_keeps_the_manager_and_a_login_cancels_it(tmp_path):
-    async def main():
+    def main():
         h = Harness(tmp_path, user_stop_delay=STOP_DELAY)
         _into(h, "ready")
         h.close_all()
@@ -261,11 +261,11 @@ def test_the_stop_delay_keeps_the_manager_and_a_login_cancels_it(tmp_path):
         assert h.state() == "lingering" and h.manager.stops == 0
         h.stop_delay_over()
         assert h.state() == "stopping" and h.manager.stops == 1
-    run(main())
+    run(main)
 
 
 def test_linger_keeps_the_manager_and_turning_it_off_stops_it(tmp_path):
-    async def main():
+    def main():
         h = Harness(tmp_path)
         h.set_linger(True)
         _into(h, "ready")
@@ -275,31 +275,31 @@ def test_linger_keeps_the_manager_and_turning_it_off_stops_it(tmp_path):
         assert h.state() == "stopping" and h.manager.stops == 1
         h.manager.gone()
         assert h.state() == "ended"
-    run(main())
+    run(main)
 
 
 def test_transitions_go_through_one_place(tmp_path):
-    async def main():
+    def main():
         h = Harness(tmp_path)
         _into(h, "failed")
         with pytest.raises(AssertionError, match="failed -> stopping"):
             h.reg._set_state(h.login(), LoginState.STOPPING)
-    run(main())
+    run(main)
 
 
 def test_a_joiner_gone_during_the_stop_starts_nothing(tmp_path):
-    async def main():
+    def main():
         h = Harness(tmp_path)
         _into(h, "stopping")
         h.open()
         h.close_all()  # gave up before the old manager was gone
         h.manager.gone()
         assert h.state() == "ended" and len(h.managers) == 1
-    run(main())
+    run(main)
 
 
 def test_linger_turned_on_during_the_stop_keeps_a_manager(tmp_path):
-    async def main():
+    def main():
         h = Harness(tmp_path)
         _into(h, "stopping")
         h.set_linger(True)
@@ -307,11 +307,11 @@ def test_linger_turned_on_during_the_stop_keeps_a_manager(tmp_path):
         assert h.state() == "starting" and len(h.managers) == 2
         h.manager.ready()
         assert h.state() == "lingering"
-    run(main())
+    run(main)
 
 
 def test_listeners_hear_each_change_once_and_in_order(tmp_path):
-    async def main():
+    def main():
         h = Harness(tmp_path)
         h.open()  # a new Login starts its manager, and the session joins it
         assert h.heard == [("session_opened", "1"), ("login_changed", "starting")]
@@ -327,11 +327,11 @@ def test_listeners_hear_each_change_once_and_in_order(tmp_path):
         h.heard.clear()
         h.manager.gone()  # an ended Login is not also "changed"
         assert h.heard == [("login_ended", USER.name)]
-    run(main())
+    run(main)
 
 
 def test_a_batch_of_reports_is_heard_once_at_its_end(tmp_path):
-    async def main():
+    def main():
         h = Harness(tmp_path)
         h.open()
         h.heard.clear()
@@ -344,11 +344,11 @@ def test_a_batch_of_reports_is_heard_once_at_its_end(tmp_path):
         h.heard.clear()
         h.manager.progress()  # outside a batch, each report is heard at once
         assert h.heard == [("login_changed", "ready")]
-    run(main())
+    run(main)
 
 
 def test_linger_changes_reach_the_listeners(tmp_path):
-    async def main():
+    def main():
         h = Harness(tmp_path)
         _into(h, "ready")
         h.heard.clear()
@@ -356,7 +356,7 @@ def test_linger_changes_reach_the_listeners(tmp_path):
         assert h.heard == [("login_changed", "ready")]
         text = (tmp_path / "state" / "users" / str(USER.uid)).read_text()
         assert "LINGER=1\n" in text
-    run(main())
+    run(main)
 
 
 def test_a_failing_listener_breaks_nothing(tmp_path, caplog):
@@ -366,7 +366,7 @@ def test_a_failing_listener_breaks_nothing(tmp_path, caplog):
                 raise RuntimeError(name)
             return fail
 
-    async def main():
+    def main():
         h = Harness(tmp_path)
         h.reg.listeners.insert(0, Broken())
         s = h.open()
@@ -375,5 +375,5 @@ def test_a_failing_listener_breaks_nothing(tmp_path, caplog):
         h.close_all()
         h.manager.gone()
         assert h.state() == "ended" and h.published() is None
-    run(main())
+    run(main)
     assert "Broken: login_changed failed" in caplog.text

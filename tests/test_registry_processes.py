@@ -17,12 +17,12 @@ pytestmark = pytest.mark.usefixtures("rundir_stand_in")
 
 
 def test_pid_to_session_without_groups_is_the_nearest_leaders(tmp_path):
-    async def main():
+    def main():
         h = Harness(tmp_path)
         s = h.open(leader=os.getppid())
         assert h.reg.session_of_pid(os.getpid()) is s
         assert h.reg.login_of_pid(os.getpid()) is h.login()
-    run(main())
+    run(main)
 
 
 def test_kill_session_without_a_group_signals_its_leaders_tree(tmp_path):
@@ -31,12 +31,12 @@ def test_kill_session_without_a_group_signals_its_leaders_tree(tmp_path):
     try:
         wait_for(lambda: children_pids(leader.pid), 5, what="the leader's child")
 
-        async def main():
+        def main():
             h = Harness(tmp_path)
             s = h.open(leader=leader.pid)
             assert h.reg.kill_session(s, signal.SIGCONT) == 2
             assert h.reg.kill_session(s, signal.SIGCONT, leader_only=True) == 1
-        run(main())
+        run(main)
     finally:
         for pid in children_pids(leader.pid) + [leader.pid]:
             os.kill(pid, signal.SIGKILL)

@@ -79,7 +79,7 @@ def test_the_session_table_has_every_state_and_event_that_can_happen():
 
 @pytest.mark.parametrize(("state", "populated", "event"), sorted(SESSION_TABLE))
 def test_every_session_state_and_event(tmp_path, state, populated, event):
-    async def main():
+    def main():
         h, groups, s = _one_session(tmp_path, procs=2 if populated else 0)
         closed = []
         s.close_connection = lambda: closed.append(s.id)
@@ -105,11 +105,11 @@ def test_every_session_state_and_event(tmp_path, state, populated, event):
         group.empty()
         h.reg.close_session(s)
         assert _session_state(h, s) == "ended" and h.state() == "stopping"
-    run(main())
+    run(main)
 
 
 def test_closing_is_heard_and_can_only_follow_open(tmp_path):
-    async def main():
+    def main():
         h, groups, s = _one_session(tmp_path)
         h.heard.clear()
         h.reg.close_session(s)
@@ -119,22 +119,22 @@ def test_closing_is_heard_and_can_only_follow_open(tmp_path):
         assert h.heard[0] == ("session_closed", s.id)
         with pytest.raises(AssertionError, match="closing -> closing"):
             h.reg._set_session_state(s, SessionState.CLOSING)
-    run(main())
+    run(main)
 
 
 @pytest.mark.parametrize(("kill", "excluded", "ends"), [
     (True, "root", 1), (True, f"root {USER.name}", 0), (False, "root", 0)])
 def test_kill_user_processes_ends_the_group_at_logout(tmp_path, kill, excluded, ends):
-    async def main():
+    def main():
         h, groups, s = _one_session(tmp_path, kill_user_processes=kill,
                                     kill_exclude_users=tuple(excluded.split()))
         h.reg.close_session(s)
         assert s.state == "closing" and groups.sessions[s.id].ends == ends
-    run(main())
+    run(main)
 
 
 def test_a_closing_session_keeps_the_manager_and_its_end_starts_the_stop_delay(tmp_path):
-    async def main():
+    def main():
         h, groups, s = _one_session(tmp_path, user_stop_delay=10.0)
         h.reg.close_session(s)
         assert h.stop_delay_left() is None  # not while the session is closing
@@ -144,11 +144,11 @@ def test_a_closing_session_keeps_the_manager_and_its_end_starts_the_stop_delay(t
         assert h.stop_delay_left() is not None
         h.stop_delay_over()
         assert h.state() == "stopping" and h.manager.stops == 1
-    run(main())
+    run(main)
 
 
 def test_a_login_while_another_session_is_closing_shares_the_manager(tmp_path):
-    async def main():
+    def main():
         h, groups, old = _one_session(tmp_path, leader=10)
         h.reg.close_session(old)
         new = h.open(leader=11)
@@ -157,29 +157,29 @@ def test_a_login_while_another_session_is_closing_shares_the_manager(tmp_path):
         assert h.state() == "ready" and h.manager.stops == 0
         _log_out_and_empty(h, groups, new)
         assert h.state() == "stopping"
-    run(main())
+    run(main)
 
 
 def test_linger_keeps_the_manager_when_the_closing_session_ends(tmp_path):
-    async def main():
+    def main():
         h, groups, s = _one_session(tmp_path)
         h.set_linger(True)
         _log_out_and_empty(h, groups, s)
         assert h.state() == "lingering" and h.manager.stops == 0
-    run(main())
+    run(main)
 
 
 def test_a_manager_crash_while_only_closing_sessions_remain_restarts_it(tmp_path):
-    async def main():
+    def main():
         h, groups, s = _one_session(tmp_path)
         h.reg.close_session(s)
         h.manager.gone(137)
         assert h.state() == "starting" and len(h.managers) == 2
-    run(main())
+    run(main)
 
 
 def test_terminate_user_stops_the_manager_without_the_delay_once_the_groups_empty(tmp_path):
-    async def main():
+    def main():
         h, groups = _tracked(tmp_path, user_stop_delay=10.0)
         a, b = h.open(leader=10), h.open(leader=11)
         h.manager.ready()
@@ -190,22 +190,22 @@ def test_terminate_user_stops_the_manager_without_the_delay_once_the_groups_empt
         assert h.manager.stops == 0
         groups.sessions[b.id].empty()
         assert h.state() == "stopping" and h.manager.stops == 1
-    run(main())
+    run(main)
 
 
 def test_a_new_login_after_terminate_user_brings_the_stop_delay_back(tmp_path):
-    async def main():
+    def main():
         h, groups, a = _one_session(tmp_path, leader=10, user_stop_delay=10.0)
         h.reg.terminate_user(USER.uid)
         b = h.open(leader=11)
         groups.sessions[a.id].empty()
         _log_out_and_empty(h, groups, b)
         assert h.state() == "lingering" and h.manager.stops == 0
-    run(main())
+    run(main)
 
 
 def test_pid_to_session_is_the_groups_word(tmp_path):
-    async def main():
+    def main():
         h, groups = _tracked(tmp_path)
         s = h.open(leader=os.getppid())
         assert h.reg.session_of_pid(os.getppid()) is s
@@ -213,14 +213,14 @@ def test_pid_to_session_is_the_groups_word(tmp_path):
         groups.places[4242] = Place(USER.uid, None)  # a manager's process
         assert h.reg.session_of_pid(4242) is None
         assert h.reg.login_of_pid(4242) is h.login()
-    run(main())
+    run(main)
 
 
 def test_kill_session_and_kill_user_signal_the_groups(tmp_path):
-    async def main():
+    def main():
         h, groups = _tracked(tmp_path)
         s = h.open()
         assert h.reg.kill_session(s, 15) == 2 and groups.sessions[s.id].signals == [15]
         h.manager.ready()
         assert h.reg.kill_user(USER.uid, 1) == 2 + 1  # the session's and the manager's
-    run(main())
+    run(main)

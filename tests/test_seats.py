@@ -57,16 +57,12 @@ def test_seat0_always_and_more_seats_from_master_of_seat_devices():
     assert not seats_from([dev("input", "event0", {"seat"})])["seat0"].can_graphical
 
 
-def test_the_real_udev_enumeration_here():
+def test_the_real_udev_enumeration_here(loop):
     pyudev = pytest.importorskip("pyudev")
     masters = list(pyudev.Context().list_devices(tag="master-of-seat"))
     seats = Seats("/nonexistent", "/nonexistent", lambda: [])
-
-    async def run():
-        seats.start_udev(asyncio.get_running_loop())
-        seats.close()
-
-    asyncio.run(run())
+    seats.start_udev(loop)
+    seats.close()
     expected = {d.properties.get("ID_SEAT") or "seat0" for d in masters} | {"seat0"}
     assert set(seats.seats) == expected
 
@@ -74,24 +70,20 @@ def test_the_real_udev_enumeration_here():
 # -- the active VT
 
 
-def test_the_real_active_vt_is_read_and_followed_with_poll():
+def test_the_real_active_vt_is_read_and_followed_with_poll(loop):
     """Read-only: the kernel's file is polled, never written."""
     if not os.path.exists(REAL_VT):
         pytest.skip(f"{REAL_VT} does not exist here")
     seats = Seats(REAL_VT, "/nonexistent", lambda: [])
     woken = []
 
-    async def run():
-        seats.follow_vt(asyncio.get_running_loop())
-        original = seats._vt_event
-        seats._vt_event = lambda: (woken.append(1), original())
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(seats._epoll.fileno())
-        loop.add_reader(seats._epoll.fileno(), seats._vt_event)
-        await asyncio.sleep(0.3)
-        seats.close()
-
-    asyncio.run(run())
+    seats.follow_vt(loop)
+    original = seats._vt_event
+    seats._vt_event = lambda: (woken.append(1), original())
+    loop.remove_reader(seats._epoll.fileno())
+    loop.add_reader(seats._epoll.fileno(), seats._vt_event)
+    loop.run(timeout=0.3)
+    seats.close()
     assert seats._polled, "sysfs's file takes a POLLPRI registration"
     assert seats.active_vt == read_active_vt(REAL_VT) > 0
     assert seats.seats["seat0"].can_tty
@@ -123,43 +115,40 @@ def test_who_is_active(tmp_path):
     active = tmp_path / "active"
     active.write_text("tty2\n")
 
-    async def run():
-        sessions: list[Session] = []
-        seats = Seats(str(active), "/nonexistent", lambda: sessions)
-        seats.seats["seat1"] = seats_from([dev("drm", "card1", {"seat", "master-of-seat"},
-                                               "seat1")])["seat1"]
-        heard = []
-        seats.listeners.append(SimpleNamespace(
-            active_changed=lambda seat, b, a: heard.append((seat, b and b.id, a and a.id))))
-        on2, on3 = _session("1", "seat0", 2), _session("2", "seat0", 3)
-        nowhere = _session("3")
-        g1, g2 = _session("4", "seat1"), _session("5", "seat1")
-        sessions += [on2, on3, nowhere, g1]
-        seats.sessions_changed()
-        assert [seats.is_active(s) for s in (on2, on3, nowhere, g1)] == [True, False, True,
-                                                                          True]
-        active.write_text("tty3\n")
-        assert seats.active_session("seat0") is on3 and not seats.is_active(on2)
-        assert ("seat0", "1", "2") in heard
-        # Without VTs: the newest, until another is activated.
-        sessions.append(g2)
-        seats.sessions_changed()
-        assert seats.active_session("seat1") is g2
-        seats.activate(g1)
-        assert seats.active_session("seat1") is g1 and ("seat1", "5", "4") in heard
-        seats.switch_relative("seat1", 1)
-        assert seats.active_session("seat1") is g2
-        seats.switch_relative("seat1", -1)
-        assert seats.active_session("seat1") is g1
-
-    asyncio.run(run())
+    sessions: list[Session] = []
+    seats = Seats(str(active), "/nonexistent", lambda: sessions)
+    seats.seats["seat1"] = seats_from([dev("drm", "card1", {"seat", "master-of-seat"},
+                                           "seat1")])["seat1"]
+    heard = []
+    seats.listeners.append(SimpleNamespace(
+        active_changed=lambda seat, b, a: heard.append((seat, b and b.id, a and a.id))))
+    on2, on3 = _session("1", "seat0", 2), _session("2", "seat0", 3)
+    nowhere = _session("3")
+    g1, g2 = _session("4", "seat1"), _session("5", "seat1")
+    sessions += [on2, on3, nowhere, g1]
+    seats.sessions_changed()
+    assert [seats.is_active(s) for s in (on2, on3, nowhere, g1)] == [True, False, True,
+                                                                      True]
+    active.write_text("tty3\n")
+    assert seats.active_session("seat0") is on3 and not seats.is_active(on2)
+    assert ("seat0", "1", "2") in heard
+    # Without VTs: the newest, until another is activated.
+    sessions.append(g2)
+    seats.sessions_changed()
+    assert seats.active_session("seat1") is g2
+    seats.activate(g1)
+    assert seats.active_session("seat1") is g1 and ("seat1", "5", "4") in heard
+    seats.switch_relative("seat1", 1)
+    assert seats.active_session("seat1") is g2
+    seats.switch_relative("seat1", -1)
+    assert seats.active_session("seat1") is g1
 
 
 # -- seats appearing on the bus
 
 
 @needs_dbus_fast
-def test_seats_come_and_go_on_the_bus(tmp_path):
+def test_seats_come_and_go_on_the_bus(tmp_path, loop):
     """The daemon's Service and Seats in this process, on a real private
     bus; the hotplug is hand-written udev facts given to Seats.apply (what
     its udev monitor calls with the facts it reads)."""

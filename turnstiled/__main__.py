@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
-# asyncio imports ssl when it can: OpenSSL would cost the daemon, which
-# never speaks TLS, about 3.5 MB of memory for its whole life.
-sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
-
-import asyncio  # noqa: E402
-import logging  # noqa: E402
-
-from . import __version__, config, daemon  # noqa: E402
-from . import log as logsetup  # noqa: E402
+from . import __version__, config, daemon
+from . import log as logsetup
 
 USAGE = f"""usage: turnstiled [-c FILE] [--check-config] [--version]
 
@@ -69,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     logsetup.setup(cfg)
     for problem in problems:
         logging.getLogger("turnstiled").warning("config: %s", problem)
-    asyncio.run(daemon.serve(cfg))
+    daemon.serve(cfg)
     return 0
 
 

@@ -8,18 +8,20 @@ SO_PEERCRED, never from what it says.
 
 from __future__ import annotations
 
-import asyncio
 import collections
+import errno
 import json
 import logging
 import os
+import socket
 import time
 
 from . import ADMIN_PROTOCOL, __version__, linger, views
 from .cgroups import parse_signal
+from .loop import Timer, current
 from .registry import Login, Registry, Session
 from .seats import Seats
-from .server import RateLimitedLog, peer_credentials
+from .server import Acceptor, RateLimitedLog, peer_credentials
 from .users import User, lookup_name, lookup_uid, may_act_for
 
 log = logging.getLogger("turnstiled")
@@ -31,6 +33,13 @@ MAX_REQUEST = 64 * 1024
 IDLE_TIMEOUT = 60.0
 # A client that does not read its replies for this long is dropped.
 WRITE_TIMEOUT = 10.0
+# Requests are not read while this much of the replies is unsent.
+OUTPUT_HIGH = 64 * 1024
+# After a request over MAX_REQUEST is answered, what the client still
+# sends is read and dropped: this many reads, this long at most.
+DISCARD_READS = 64
+DISCARD_TIME = 1.0
+READ_SIZE = 64 * 1024
 # Open connections a non-root user may hold, and all users together: the
 # socket is everyone's, the daemon's descriptors are the logins'.
 MAX_CONNECTIONS_PER_USER = 16
@@ -67,34 +76,37 @@ class AdminServer:
         # The D-Bus API's status (turnstiled.login1.Status), for status.
         self.login1 = login1
         self.connections: collections.Counter[int] = collections.Counter()
+        self._open: set[AdminConnection] = set()
+        self._acceptor: Acceptor | None = None
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        _, peer_uid, _ = peer_credentials(writer.get_extra_info("socket"))
+    def listen(self, sock: socket.socket) -> None:
+        self._acceptor = Acceptor(sock, self._connected)
+
+    def close(self) -> None:
+        """Stops accepting and drops every connection."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+            self._acceptor = None
+        for conn in list(self._open):
+            conn.close()
+
+    def _connected(self, sock: socket.socket) -> None:
+        try:
+            _, peer_uid, _ = peer_credentials(sock)
+        except OSError:
+            sock.close()
+            return
         if self._over_capacity(peer_uid):
-            writer.transport.abort()
+            sock.close()
             return
         self.connections[peer_uid] += 1
-        try:
-            while True:
-                try:
-                    line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
-                except (ValueError, asyncio.LimitOverrunError):
-                    # Over the limit: answer, then drop (the rest of the line
-                    # cannot be told apart from a next request).
-                    await self._reply(writer, {"v": VERSION, "ok": False, "status": "bad-request",
-                                               "error": f"request over {MAX_REQUEST} bytes"})
-                    await _discard_rest(reader, writer)
-                    return
-                if not line:
-                    return
-                await self._reply(writer, self.dispatch(line, peer_uid))
-        except (TimeoutError, ConnectionError):
-            writer.transport.abort()  # what it did not read is dropped with it
-        finally:
-            self.connections[peer_uid] -= 1
-            if not self.connections[peer_uid]:
-                del self.connections[peer_uid]
-            writer.close()
+        self._open.add(AdminConnection(self, sock, peer_uid))
+
+    def _closed(self, conn: AdminConnection) -> None:
+        self._open.discard(conn)
+        self.connections[conn.peer_uid] -= 1
+        if not self.connections[conn.peer_uid]:
+            del self.connections[conn.peer_uid]
 
     def _over_capacity(self, peer_uid: int) -> bool:
         if peer_uid == 0:
@@ -107,12 +119,6 @@ class AdminServer:
             _limited.note(f"admin: {MAX_CONNECTIONS} connections open; refusing more")
             return True
         return False
-
-    async def _reply(self, writer: asyncio.StreamWriter, reply: dict) -> None:
-        writer.write(json.dumps(reply).encode() + b"\n")
-        # A client that sends and never reads would hold its replies (and
-        # us) forever: drain() is bounded like the read.
-        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
 
     def dispatch(self, line: bytes, peer_uid: int) -> dict:
         try:
@@ -338,19 +344,155 @@ class AdminServer:
                 "exact": session.group is not None}
 
 
-async def _discard_rest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Ends our side, then reads (a bounded amount, briefly) what the client
-    still sends: closing on unread data would reset the connection and
-    could lose the reply just sent."""
-    if writer.can_write_eof():
-        writer.write_eof()
-    try:
-        async with asyncio.timeout(1.0):
-            for _ in range(64):
-                if not await reader.read(MAX_REQUEST):
-                    break
-    except (TimeoutError, ConnectionError):
-        pass
+class AdminConnection:
+    """One client, served from the loop's callbacks: requests are read a
+    line at a time and answered in order; reading pauses while the client
+    leaves OUTPUT_HIGH of replies unread. One timer runs at a time, for
+    what the connection waits on: the next request (IDLE_TIMEOUT), the
+    client to read (WRITE_TIMEOUT, from the last progress), or the end of
+    discarding (DISCARD_TIME)."""
+
+    def __init__(self, server: AdminServer, sock: socket.socket, peer_uid: int) -> None:
+        self.server, self.peer_uid = server, peer_uid
+        self.loop = current()
+        sock.setblocking(False)
+        self.sock: socket.socket | None = sock
+        self.fd = sock.fileno()
+        self._in = b""
+        self._out = bytearray()
+        self._reading = False
+        self._eof = False         # the client has sent all it will
+        self._discarding = False  # an over-long request was answered
+        self._discards = 0
+        self._timer: Timer | None = None
+        self._waiting_on = ""
+        self._read(True)
+        self._wait("request", IDLE_TIMEOUT)
+
+    def close(self) -> None:
+        if self.sock is None:
+            return
+        self._wait("", 0)
+        self._read(False)
+        self.loop.remove_writer(self.fd)
+        self.sock.close()
+        self.sock = None
+        self.server._closed(self)
+
+    def _wait(self, what: str, seconds: float) -> None:
+        """Closes the connection unless what it waits on comes in time
+        ("": waits on nothing)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._waiting_on = what
+        if what:
+            self._timer = self.loop.call_later(seconds, self.close)
+
+    def _read(self, on: bool) -> None:
+        if on and not self._reading:
+            self.loop.add_reader(self.fd, self._readable)
+        elif not on and self._reading:
+            self.loop.remove_reader(self.fd)
+        self._reading = on
+
+    def _readable(self) -> None:
+        if self.sock is None:
+            return
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if self._discarding:
+            self._discards += 1
+            if not data or self._discards >= DISCARD_READS:
+                self.close()
+            return
+        if data:
+            self._in += data
+        else:
+            self._eof = True
+        self._serve()
+
+    def _serve(self) -> None:
+        """Answers the complete requests read while the client keeps up
+        with the replies; a last line without a newline is a request too."""
+        served = False
+        while self.sock is not None and not self._discarding and len(self._out) < OUTPUT_HIGH:
+            end = self._in.find(b"\n", 0, MAX_REQUEST)
+            if end < 0 and len(self._in) >= MAX_REQUEST:
+                # Answered, then dropped: the rest of the line cannot be
+                # told apart from a next request.
+                self._in, self._discarding = b"", True
+                self._send({"v": VERSION, "ok": False, "status": "bad-request",
+                            "error": f"request over {MAX_REQUEST} bytes"})
+                return
+            if end < 0 and not (self._eof and self._in):
+                break
+            cut = len(self._in) if end < 0 else end + 1
+            line, self._in = self._in[:cut], self._in[cut:]
+            self._send(self.server.dispatch(line, self.peer_uid))
+            served = True
+        if self.sock is None or self._discarding:
+            return
+        self._read(not self._eof and len(self._out) < OUTPUT_HIGH)
+        if self._out:
+            return  # waiting on the client to read
+        if self._eof:
+            self.close()
+        elif served or self._waiting_on != "request":
+            self._wait("request", IDLE_TIMEOUT)
+
+    def _send(self, reply: dict) -> None:
+        self._out += json.dumps(reply).encode() + b"\n"
+        self._flush()
+
+    def _flush(self) -> None:
+        assert self.sock is not None
+        try:
+            sent = self.sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        del self._out[:sent]
+        if self._out:
+            # Bounded like the read: a client that sends and never reads
+            # would hold its replies, and a descriptor, forever.
+            if sent or self._waiting_on != "reader":
+                self._wait("reader", WRITE_TIMEOUT)
+            self.loop.add_writer(self.fd, self._writable)
+            return
+        self.loop.remove_writer(self.fd)
+        if self._discarding:
+            self._end_reply_side()
+        elif self._waiting_on == "reader":
+            self._wait("", 0)
+
+    def _writable(self) -> None:
+        if self.sock is None:
+            return
+        self._flush()
+        if self.sock is not None and not self._out and not self._discarding:
+            self._serve()
+
+    def _end_reply_side(self) -> None:
+        """The reply to an over-long request is out: our side ends, and what
+        the client still sends is read (briefly) and dropped, so that the
+        close does not reset the connection under the reply."""
+        assert self.sock is not None
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as err:
+            if err.errno != errno.ENOTCONN:
+                self.close()
+                return
+        self._read(True)
+        self._wait("discarding", DISCARD_TIME)
 
 
 _COMMANDS = {

@@ -14,7 +14,6 @@ whoever spawned them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -22,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from . import libc
+from .loop import Loop, current
 
 log = logging.getLogger("turnstiled")
 
@@ -169,7 +169,7 @@ class Children:
     def __init__(self) -> None:
         self._exits: dict[int, Callable[[int], None]] = {}
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+    def attach(self, loop: Loop) -> None:
         libc.set_child_subreaper()
         loop.add_signal_handler(signal.SIGCHLD, self.reap)
 
@@ -209,14 +209,18 @@ class Children:
         if orphans_died:
             log.debug("reaped what a dead holder left behind")
 
-    async def kill_orphans(self, timeout: float = 5.0) -> int:
-        """Kills the remains of dead holders (off the loop: it walks /proc)."""
+    def kill_orphans(self, done: Callable[[int | None], object], timeout: float = 5.0) -> None:
+        """Kills the remains of dead holders (in a thread: it walks /proc);
+        done(how many) on the loop, None if the walk failed."""
         keep = set(self._exits)
         deadline = time.monotonic() + timeout
-        return await asyncio.to_thread(kill_orphans, keep, deadline)
+        current().in_thread(kill_orphans, keep, deadline, done=done)
 
-    async def kill_session(self, sid: int, timeout: float = 5.0) -> int:
-        """Kills what is left of an adopted holder's manager (off the loop)."""
+    def kill_session(self, sid: int, done: Callable[[int | None], object],
+                     timeout: float = 5.0) -> None:
+        """Kills what is left of an adopted holder's manager (in a thread);
+        done(how many) on the loop."""
         if sid <= 1:
-            return 0
-        return await asyncio.to_thread(kill_session, sid, time.monotonic() + timeout)
+            current().call_soon(done, 0)
+            return
+        current().in_thread(kill_session, sid, time.monotonic() + timeout, done=done)

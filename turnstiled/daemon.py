@@ -11,7 +11,6 @@ serve, and exit 0 on a signal:
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import logging
 import os
@@ -19,14 +18,15 @@ import resource
 import signal
 
 from . import __version__, libc, linger, tracking
-from .admin import MAX_REQUEST, AdminServer
+from .admin import AdminServer
 from .children import Children
 from .config import Config
 from .fdstore import FdStore, StoreError
 from .handover import Handover, adopt
+from .loop import Loop
 from .registry import Registry
 from .seats import Seats
-from .server import ControlServer, RateLimitedLog, listen_unix
+from .server import ControlServer, listen_unix
 from .statefiles import StateDir, StateFiles
 
 log = logging.getLogger("turnstiled")
@@ -49,21 +49,6 @@ def _raise_fd_limit() -> int:
         except (ValueError, OSError) as err:
             log.warning("cannot raise the descriptor limit to %d: %s", target, err)
     return soft
-
-
-def _quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
-    """asyncio reports every failed accept (EMFILE) on the admin socket with
-    a traceback; a user able to cause them must not fill the log."""
-    limited = RateLimitedLog()
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
-        err = context.get("exception")
-        if isinstance(err, OSError) and "accept" in context.get("message", ""):
-            limited.note(f"cannot accept a connection: {err.strerror}; retrying")
-            return
-        loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handler)
 
 
 def _lock(state_dir: str) -> int:
@@ -104,13 +89,20 @@ def _take_up(config: Config, registry: Registry, control: ControlServer,
     return store
 
 
-async def serve(config: Config) -> None:
+def serve(config: Config) -> None:
+    loop = Loop().install()
+    try:
+        _serve(config, loop)
+    finally:
+        loop.close()
+
+
+def _serve(config: Config, loop: Loop) -> None:
     os.umask(0o022)
     _lock(config.state_dir)
     user_nofile = _raise_fd_limit()
-    _quiet_accept_errors(asyncio.get_running_loop())
     children = Children()
-    children.attach(asyncio.get_running_loop())
+    children.attach(loop)
     state = StateDir(config.state_dir)
     # What a previous run made, read before its files are dropped.
     left_rundirs = state.managed_rundirs()
@@ -124,7 +116,7 @@ async def serve(config: Config) -> None:
     # Seats first: who is active is settled before the others describe it.
     registry.listeners += [seats, state_files]
     seats.listeners.append(state_files)
-    seats.follow_vt(asyncio.get_running_loop())
+    seats.follow_vt(loop)
     control = ControlServer(registry)
     store = _take_up(config, registry, control, children)
     # Before anyone can log in and make theirs afresh.
@@ -132,21 +124,18 @@ async def serve(config: Config) -> None:
     # Groups no taken-up session or manager holds are a previous run's.
     groups.leftovers(_groups_in_use(registry))
     api = _start_login1(config, registry, seats)
-    admin_server = await asyncio.start_unix_server(
-        AdminServer(registry, seats, api.status).handle,
-        sock=listen_unix(config.admin_socket_path, 0o666), limit=MAX_REQUEST)
+    admin_server = AdminServer(registry, seats, api.status)
+    admin_server.listen(listen_unix(config.admin_socket_path, 0o666))
     # The control socket last: once it listens, the whole daemon is up.
     control.listen(listen_unix(config.socket_path, 0o666))
 
-    stop = asyncio.Event()
     full_stop = False
 
     def on_signal(sig: int) -> None:
         nonlocal full_stop
         full_stop = full_stop or sig == signal.SIGINT
-        stop.set()
+        loop.stop()
 
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     log.info("turnstiled %s listening on %s (backend %s)", __version__, config.socket_path,
@@ -162,10 +151,10 @@ async def serve(config: Config) -> None:
     # would count as the daemon's memory for its whole life.
     libc.release_free_heap()
 
-    await stop.wait()
+    loop.run()
     control.close()
     admin_server.close()
-    await api.close()
+    api.close()
     seats.close()
     _unlink(config.admin_socket_path)
     if store is not None and store.connected and not full_stop:
@@ -174,12 +163,12 @@ async def serve(config: Config) -> None:
         # The socket's file stays: a login in the gap gets ECONNREFUSED and
         # waits for the next daemon.
         store.close()
-        await registry.let_go(SHUTDOWN_TIMEOUT)
+        registry.let_go(SHUTDOWN_TIMEOUT)
         return
     log.info("shutting down: ending every session, stopping every manager")
     _unlink(config.socket_path)
-    await registry.shutdown(SHUTDOWN_TIMEOUT)
-    await groups.close()
+    registry.shutdown(SHUTDOWN_TIMEOUT)
+    groups.close()
     if store is not None:
         store.quit()
 
@@ -196,7 +185,7 @@ def _start_login1(config: Config, registry: Registry, seats: Seats):
     """The D-Bus API (turnstiled/login1/); it brings udev's seats in once it
     serves. With login1 = no, neither dbus-fast nor pyudev is imported."""
     from . import login1
-    return login1.start(config, registry, seats, asyncio.get_running_loop())
+    return login1.start(config, registry, seats)
 
 
 def _unlink(path: str) -> None:

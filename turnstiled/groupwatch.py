@@ -3,19 +3,19 @@
 The kernel flags `cgroup.events` with POLLPRI whenever a line in it
 changes (kernfs), and keeps flagging it until the file is read again
 through the same descriptor. One private epoll set holds every watched
-file; its own descriptor is a reader on the asyncio loop, so the loop
-sleeps until some group's `populated` changes.
+file; its own descriptor is a reader on the loop, so the loop sleeps
+until some group's `populated` changes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import select
 from collections.abc import Callable
 
 from .cgroups import parse_populated
+from .loop import current
 
 log = logging.getLogger("turnstiled")
 
@@ -39,7 +39,7 @@ class GroupWatch:
             try:
                 fd = os.open(os.path.join(path, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
-                asyncio.get_running_loop().call_soon(on_empty)
+                current().call_soon(on_empty)
                 return
             # Registered before the first read: a change between the two
             # still flags the descriptor.
@@ -73,34 +73,17 @@ class GroupWatch:
         for path in list(self._fd_of):
             self.unwatch(path)
 
-    async def wait_empty(self, path: str, timeout: float) -> bool:
-        """Waits until the group at path is empty, at most timeout seconds;
-        whether it is."""
-        done = asyncio.get_running_loop().create_future()
-
-        def emptied() -> None:
-            if not done.done():
-                done.set_result(True)
-
-        self.watch(path, emptied)
-        try:
-            return await asyncio.wait_for(done, timeout)
-        except TimeoutError:
-            return False
-        finally:
-            self.unwatch(path, emptied)
-
     # -- the epoll set
 
     def _set(self) -> select.epoll:
         if self._epoll is None:
             self._epoll = select.epoll()
-            asyncio.get_running_loop().add_reader(self._epoll.fileno(), self._on_events)
+            current().add_reader(self._epoll.fileno(), self._on_events)
         return self._epoll
 
     def _close_set(self) -> None:
         if self._epoll is not None:
-            asyncio.get_running_loop().remove_reader(self._epoll.fileno())
+            current().remove_reader(self._epoll.fileno())
             self._epoll.close()
             self._epoll = None
 
@@ -123,6 +106,6 @@ class GroupWatch:
         path = self._path_of[fd]
         calls = list(self._calls.get(path, []))
         self.unwatch(path)
-        loop = asyncio.get_running_loop()
+        loop = current()
         for call in calls:
             loop.call_soon(call)

@@ -24,7 +24,6 @@ manager is told to stop, and the holder does, then exits.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import logging
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 
 from .config import Config
 from .fdstore import Entry, FdStore, StoreError
+from .loop import current
 from .manager import Manager, ReadyReport
 from .protocol import Handshake
 from .registry import Login, LoginState, Registry, Session, SessionState
@@ -171,7 +171,7 @@ def _login_record(login: Login, failure: tuple[float, str] | None) -> dict:
     now_wall, now_mono = time.time(), time.monotonic()
     stop_at = None
     if login.stop_timer is not None:
-        stop_at = round(now_wall + login.stop_timer.when() - asyncio.get_running_loop().time(),
+        stop_at = round(now_wall + login.stop_timer.when() - current().time(),
                         3)
     ready = login.last_ready
     return {

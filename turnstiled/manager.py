@@ -15,7 +15,6 @@ adopted holder is not our child: its end is seen as the channel's.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import os
@@ -24,17 +23,21 @@ import socket
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
 
 from . import holderlink
 from .children import Children
 from .config import Config
+from .loop import current
 from .rundir import remove as remove_tree
 from .rundir import retire
 from .text import escape
 from .users import User
 
+TYPE_CHECKING = False  # not typing's (see turnstiled/__init__.py)
 if TYPE_CHECKING:
+    from typing import Protocol
+
+    from .loop import Timer
     from .tracking import Group
 
 log = logging.getLogger("turnstiled")
@@ -64,16 +67,17 @@ class ManagerPhase(enum.StrEnum):
     GONE = "gone"
 
 
-class ManagerEvents(Protocol):
-    """What the owner (the registry) hears, and the one thing it does for a
-    manager: removing its retired state dir where shutdown waits for it."""
-    def remove_in_background(self, path: str) -> None: ...
-    # The events reported inside are heard as one.
-    def batch(self) -> AbstractContextManager[None]: ...
-    def manager_progressed(self, manager: Manager) -> None: ...
-    def manager_ready(self, manager: Manager, report: ReadyReport) -> None: ...
-    def manager_failed(self, manager: Manager, reason: str) -> None: ...
-    def manager_gone(self, manager: Manager, status: int | None) -> None: ...
+if TYPE_CHECKING:
+    class ManagerEvents(Protocol):
+        """What the owner (the registry) hears, and the one thing it does for a
+        manager: removing its retired state dir where shutdown waits for it."""
+        def remove_in_background(self, path: str) -> None: ...
+        # The events reported inside are heard as one.
+        def batch(self) -> AbstractContextManager[None]: ...
+        def manager_progressed(self, manager: Manager) -> None: ...
+        def manager_ready(self, manager: Manager, report: ReadyReport) -> None: ...
+        def manager_failed(self, manager: Manager, reason: str) -> None: ...
+        def manager_gone(self, manager: Manager, status: int | None) -> None: ...
 
 
 class Manager:
@@ -97,8 +101,7 @@ class Manager:
         self._status: int | None = None
         self._fifo_fd: int | None = None
         self._ready_buf = b""
-        self._timer: asyncio.TimerHandle | None = None
-        self._cleanup: asyncio.Future | None = None
+        self._timer: Timer | None = None
         self._dir = os.path.join(config.state_dir, "managers", str(user.uid))
         # Taken over from a previous daemon: the holder is not our child.
         self._adopted = False
@@ -130,7 +133,7 @@ class Manager:
         channel and the fifo open)."""
         self._let_go = True
         self._cancel_timer()
-        loop = asyncio.get_running_loop()
+        loop = current()
         if self._fifo_fd is not None:
             loop.remove_reader(self._fifo_fd)
         if self._channel is not None:
@@ -169,7 +172,7 @@ class Manager:
         m._ready_sent = bool(snap["ready_sent"])
         m._status = _optional_int(snap["status"])
         m._holder_done = bool(snap["holder_done"])
-        loop = asyncio.get_running_loop()
+        loop = current()
         m._channel = socket.socket(fileno=channel)
         m._channel.setblocking(False)
         loop.add_reader(channel, m._on_channel)
@@ -191,7 +194,7 @@ class Manager:
 
     def start(self) -> None:
         """Spawns the holder; every outcome is reported through events, later."""
-        loop = asyncio.get_running_loop()
+        loop = current()
         try:
             self._spawn_holder()
         except (OSError, holderlink.LinkError) as err:
@@ -230,7 +233,7 @@ class Manager:
             theirs.close()
         ours.setblocking(False)
         self._channel = ours
-        loop = asyncio.get_running_loop()
+        loop = current()
         loop.add_reader(ours.fileno(), self._on_channel)
         self._send_packet(packet)
         # Only now may the user's side speak: whatever it says has a channel
@@ -381,7 +384,7 @@ class Manager:
         log.error("the holder of %s's manager died (%s): killing what is left of the "
                   "manager; its PAM session could not be closed", self.user.name, how)
         self._fail(f"the manager's holder died ({how})")
-        self._cleanup = asyncio.get_running_loop().create_task(self._clean_up_after_holder())
+        self._clean_up_after_holder()
 
     def _finish_when_empty(self) -> None:
         """The holder killed every process below it; one that left its tree
@@ -392,33 +395,38 @@ class Manager:
             return
         log.warning("processes of %s's manager outlived its holder: killing them",
                     self.user.name)
-        self._cleanup = asyncio.get_running_loop().create_task(self._empty_group())
-
-    async def _empty_group(self) -> None:
         assert self.group is not None
-        try:
-            if not await self.group.end_and_wait(STOP_TIMEOUT):
-                log.error("the group %s of %s's manager is not empty after %g s", self.group.path,
-                          self.user.name, STOP_TIMEOUT)
-        finally:
-            self._finish()
+        self.group.end(STOP_TIMEOUT, self._outlivers_ended)
 
-    async def _clean_up_after_holder(self) -> None:
-        try:
-            if self.group is not None:
-                # Exact, whoever's child it is now.
-                await self.group.end_and_wait(STOP_TIMEOUT)
-                log.info("killed what was left of %s's manager (its group)", self.user.name)
-                return
-            if self._adopted:
-                # Not our child, so what it left went to init, not to us:
-                # the manager's session (run's setsid) still names it.
-                killed = await self.children.kill_session(self._sid) if self._sid else 0
-            else:
-                killed = await self.children.kill_orphans()
-            log.info("killed %d processes left by %s's manager", killed, self.user.name)
-        finally:
-            self._finish()
+    def _outlivers_ended(self, empty: bool) -> None:
+        if not empty:
+            assert self.group is not None
+            log.error("the group %s of %s's manager is not empty after %g s", self.group.path,
+                      self.user.name, STOP_TIMEOUT)
+        self._finish()
+
+    def _clean_up_after_holder(self) -> None:
+        """Kills what the dead holder's manager left, then finishes."""
+        if self.group is not None:
+            # Exact, whoever's child it is now.
+            self.group.end(STOP_TIMEOUT, self._group_cleaned_up)
+        elif not self._adopted:
+            self.children.kill_orphans(self._cleaned_up)
+        elif self._sid:
+            # Not our child, so what it left went to init, not to us: the
+            # manager's session (run's setsid) still names it.
+            self.children.kill_session(self._sid, self._cleaned_up)
+        else:
+            self._cleaned_up(0)
+
+    def _group_cleaned_up(self, empty: bool) -> None:
+        log.info("killed what was left of %s's manager (its group)", self.user.name)
+        self._finish()
+
+    def _cleaned_up(self, killed: int | None) -> None:
+        log.info("killed %s processes left by %s's manager",
+                 "some" if killed is None else killed, self.user.name)
+        self._finish()
 
     def _finish(self) -> None:
         if self.phase is ManagerPhase.GONE:
@@ -480,13 +488,13 @@ class Manager:
 
     def _close_fifo(self) -> None:
         if self._fifo_fd is not None:
-            asyncio.get_running_loop().remove_reader(self._fifo_fd)
+            current().remove_reader(self._fifo_fd)
             os.close(self._fifo_fd)
             self._fifo_fd = None
 
     def _close_channel(self) -> None:
         if self._channel is not None:
-            asyncio.get_running_loop().remove_reader(self._channel.fileno())
+            current().remove_reader(self._channel.fileno())
             self._channel.close()
             self._channel = None
 

@@ -19,7 +19,6 @@ entry point that changed it returns: once per Login, in order.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import enum
@@ -30,18 +29,24 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from . import children as proc_tree
 from . import linger, rundir, sessionof
 from .children import Children
 from .config import Config
+from .loop import current
 from .manager import Manager, ReadyReport
 from .protocol import Handshake
 from .sessionids import SessionIds
 from .text import escape
 from .tracking import Group, Tracking
 from .users import User, lookup_name, lookup_uid
+
+TYPE_CHECKING = False  # not typing's (see turnstiled/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    from .loop import Timer
 
 log = logging.getLogger("turnstiled")
 
@@ -68,6 +73,39 @@ _SESSION_ENTERED_FROM = {
 }
 
 
+class Outcome:
+    """A session's answer once it is known: True when the user's manager is
+    ready, False when it failed. Callbacks run on the loop, as a Future's."""
+
+    __slots__ = ("_ok", "_calls")
+
+    def __init__(self) -> None:
+        self._ok: bool | None = None
+        self._calls: list[Callable[[Outcome], object]] = []
+
+    def done(self) -> bool:
+        return self._ok is not None
+
+    def result(self) -> bool:
+        if self._ok is None:
+            raise RuntimeError("the outcome is not known yet")
+        return self._ok
+
+    def set_result(self, ok: bool) -> None:
+        if self._ok is not None:
+            raise RuntimeError("the outcome is known already")
+        self._ok = ok
+        calls, self._calls = self._calls, []
+        for call in calls:
+            current().call_soon(call, self)
+
+    def add_done_callback(self, call: Callable[[Outcome], object]) -> None:
+        if self._ok is None:
+            self._calls.append(call)
+        else:
+            current().call_soon(call, self)
+
+
 @dataclass
 class Session:
     id: str
@@ -81,8 +119,7 @@ class Session:
     # Our end of the PAM connection (-1: none), kept across restarts.
     fd: int = -1
     # Resolved once: True when the user's manager is ready, False on failure.
-    outcome: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop()
-                                    .create_future())
+    outcome: Outcome = field(default_factory=Outcome)
     # Set by the server: ends the PAM side's connection (terminate, shutdown).
     close_connection: Callable[[], None] = lambda: None
 
@@ -128,7 +165,7 @@ class Login:
     last_ready: ReadyReport | None = None
     # Why the runtime dir is not usable, when it is not (for user-status).
     rundir_problem: str = ""
-    stop_timer: asyncio.TimerHandle | None = None
+    stop_timer: Timer | None = None
     # terminate-user ended its sessions: the manager stops without a delay
     # once the last of them is gone.
     stop_at_once: bool = False
@@ -142,17 +179,18 @@ class Login:
         return self.state.value
 
 
-class Listener(Protocol):
-    """Hears every change to Logins and Sessions. A Login whose fields
-    changed (state, sessions, manager, linger) is told once per entry point
-    into the registry, after the session events of that entry point."""
+if TYPE_CHECKING:
+    class Listener(Protocol):
+        """Hears every change to Logins and Sessions. A Login whose fields
+        changed (state, sessions, manager, linger) is told once per entry point
+        into the registry, after the session events of that entry point."""
 
-    def login_changed(self, login: Login) -> None: ...
-    def login_ended(self, login: Login) -> None: ...
-    def session_opened(self, session: Session) -> None: ...
-    def session_closed(self, session: Session) -> None: ...
-    # Optional: a session's state changed (it is closing).
-    def session_changed(self, session: Session) -> None: ...
+        def login_changed(self, login: Login) -> None: ...
+        def login_ended(self, login: Login) -> None: ...
+        def session_opened(self, session: Session) -> None: ...
+        def session_closed(self, session: Session) -> None: ...
+        # Optional: a session's state changed (it is closing).
+        def session_changed(self, session: Session) -> None: ...
 
 
 def _entry_point(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -184,9 +222,8 @@ class Registry:
         self.failures: dict[int, tuple[float, str]] = {}
         self.started = time.time()
         self.ids = SessionIds(os.path.join(config.state_dir, "session-ids"))
-        self._emptied = asyncio.Event()
-        self._emptied.set()
-        self._removals: set[asyncio.Future] = set()
+        # Retired trees being removed in threads; shutdown waits for them.
+        self._removing = 0
         self.listeners = list(listeners)
         # Sessions' and managers' cgroups, where there are any.
         self.groups = groups if groups is not None else Tracking("not asked for")
@@ -434,7 +471,6 @@ class Registry:
                 self.remove_in_background(stale)
         login = Login(user, path, self.config.manage_rundir)
         self.logins[user.uid] = login
-        self._emptied.clear()
         self._start(login)
         return login
 
@@ -488,7 +524,7 @@ class Registry:
             return
         delay = 0 if login.stop_at_once else self.config.user_stop_delay
         if login.state is LoginState.READY and delay > 0 and login.manager is not None:
-            login.stop_timer = asyncio.get_running_loop().call_later(
+            login.stop_timer = current().call_later(
                 delay, self._stop_delay_over, login)
         else:
             self._stop(login)
@@ -525,8 +561,6 @@ class Registry:
             self._remove_rundir(login.rundir)
         self._events.append(("login_ended", login))
         log.info("login of %s ended", login.user.name)
-        if not self.logins:
-            self._emptied.set()
 
     def _remove_rundir(self, path: str) -> None:
         # Its contents are the user's: however many files they made, the
@@ -568,9 +602,11 @@ class Registry:
     def remove_in_background(self, path: str) -> None:
         """Removes a retired tree (rundir.retire) off the loop; shutdown and
         let_go wait for it."""
-        task = asyncio.get_running_loop().run_in_executor(None, rundir.remove, path)
-        self._removals.add(task)
-        task.add_done_callback(self._removals.discard)
+        self._removing += 1
+        current().in_thread(rundir.remove, path, done=self._removed)
+
+    def _removed(self, _: object) -> None:
+        self._removing -= 1
 
     # -- manager events (turnstiled.manager.ManagerEvents)
 
@@ -659,7 +695,6 @@ class Registry:
         """Takes up a Login, with its sessions and manager, as a previous
         daemon left it; stop_in: what was left of its stop delay."""
         self.logins[login.user.uid] = login
-        self._emptied.clear()
         for session in login.sessions.values():
             self.sessions[session.id] = session
             self._events.append(("session_opened", session))
@@ -671,24 +706,24 @@ class Registry:
                 else:
                     session.group.on_empty(lambda s=session: self.session_emptied(s))
         if stop_in is not None and not login.sessions:
-            login.stop_timer = asyncio.get_running_loop().call_later(
+            login.stop_timer = current().call_later(
                 stop_in, self._stop_delay_over, login)
         self._touch(login)
 
     # -- shutdown
 
-    async def shutdown(self, timeout: float) -> None:
-        """Ends every session and Login; waits (bounded) for managers to go."""
+    def shutdown(self, timeout: float) -> None:
+        """Ends every session and Login; runs the loop until the managers
+        have gone (at most timeout seconds each wait)."""
         self._stop_all()
-        try:
-            await asyncio.wait_for(self._emptied.wait(), timeout)
-        except TimeoutError:
+        loop = current()
+        loop.run(until=lambda: not self.logins, timeout=timeout)
+        if self.logins:
             log.error("shutdown: %d user managers still running after %g s",
                       len(self.logins), timeout)
-        if self._removals:
-            await asyncio.wait(self._removals, timeout=timeout)
+        loop.run(until=lambda: not self._removing, timeout=timeout)
 
-    async def let_go(self, timeout: float) -> None:
+    def let_go(self, timeout: float) -> None:
         """Leaves every Login as it is for the next daemon: nothing is
         stopped, ended or told from now on (connections closing as this
         daemon exits are not logouts). Waits (bounded) for the removals
@@ -698,8 +733,7 @@ class Registry:
             self._cancel_stop_delay(login)
             if login.manager is not None:
                 login.manager.let_go()
-        if self._removals:
-            await asyncio.wait(self._removals, timeout=timeout)
+        current().run(until=lambda: not self._removing, timeout=timeout)
 
     @_entry_point
     def _stop_all(self) -> None:

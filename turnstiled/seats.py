@@ -22,16 +22,18 @@ nothing more.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import logging
 import os
 import select
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
 
+TYPE_CHECKING = False  # not typing's (see turnstiled/__init__.py)
 if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    from .loop import Loop
     from .registry import Session
 
 log = logging.getLogger("turnstiled")
@@ -96,11 +98,12 @@ def _vt_number(text: str) -> int:
     return 0
 
 
-class SeatListener(Protocol):
-    def seat_added(self, seat: Seat) -> None: ...
-    def seat_removed(self, seat: Seat) -> None: ...
-    def active_changed(self, seat_id: str, before: Session | None,
-                       after: Session | None) -> None: ...
+if TYPE_CHECKING:
+    class SeatListener(Protocol):
+        def seat_added(self, seat: Seat) -> None: ...
+        def seat_removed(self, seat: Seat) -> None: ...
+        def active_changed(self, seat_id: str, before: Session | None,
+                           after: Session | None) -> None: ...
 
 
 class SwitchError(Exception):
@@ -124,13 +127,13 @@ class Seats:
         self._epoll: select.epoll | None = None
         self._vt_fd = -1
         self._polled = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: Loop | None = None
         self._udev: Any = None  # (pyudev context, monitor)
         self._udev_tried = False
 
     # -- the active VT
 
-    def follow_vt(self, loop: asyncio.AbstractEventLoop) -> None:
+    def follow_vt(self, loop: Loop) -> None:
         """Follows VT switches: the kernel raises POLLPRI on the sysfs file."""
         self._loop = loop
         try:
@@ -305,7 +308,7 @@ class Seats:
 
     # -- udev
 
-    def start_udev(self, loop: asyncio.AbstractEventLoop) -> None:
+    def start_udev(self, loop: Loop) -> None:
         """Finds seats in udev's database and follows hotplug. Without pyudev
         or udev, seat0 stays the only seat (logged once). Once is enough."""
         if self._udev_tried:

@@ -6,16 +6,13 @@ connection until the PAM side closes it (logout, or the login process died).
 A connection a previous daemon left (turnstiled.handover) is resumed where
 it was.
 
-The sockets are served straight from the event loop's readiness callbacks,
-not through asyncio's transports: a warm login is a few hundred bytes in
-and out, and a transport's accept task and deferred callbacks cost it
-several turns of the loop. Every answer is a few bytes on a fresh socket,
-so a send never finds the socket's buffer full.
+The sockets are served straight from the loop's readiness callbacks
+(turnstiled.loop). Every answer is a few bytes on a fresh socket, so a
+send never finds the socket's buffer full.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import enum
 import logging
@@ -23,10 +20,12 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 
 from . import protocol
+from .loop import Timer, current
 from .protocol import MSG_ERR, MSG_OK_DONE, MSG_OK_WAIT, MSG_REQ_ENV, ProtocolError
-from .registry import LoginError, Registry, Session
+from .registry import LoginError, Outcome, Registry, Session
 
 log = logging.getLogger("turnstiled")
 
@@ -98,33 +97,24 @@ def listen_unix(path: str, mode: int) -> socket.socket:
     return sock
 
 
-class ControlServer:
-    """Accepts on the control socket, makes one ControlConnection per
-    connection and knows how many refused ones each user has open."""
+class Acceptor:
+    """Accepts on a listening socket from the loop and hands each new
+    connection on. Out of descriptors or memory, it pauses (ACCEPT_PAUSE)
+    instead of spinning, and says so at most every ten seconds."""
 
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-        self.refusing: collections.Counter[int] = collections.Counter()
-        self.loop = asyncio.get_running_loop()
-        self._listener: socket.socket | None = None
-        self._accept_errors = RateLimitedLog()
-
-    def listen(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, connected: Callable[[socket.socket], None]) -> None:
+        self.loop = current()
         sock.setblocking(False)
-        self._listener = sock
+        self._listener: socket.socket | None = sock
+        self._connected = connected
+        self._errors = RateLimitedLog()
         self.loop.add_reader(sock.fileno(), self._accept)
 
     def close(self) -> None:
-        """Stops accepting; connections stay as they are."""
         if self._listener is not None:
             self.loop.remove_reader(self._listener.fileno())
             self._listener.close()
             self._listener = None
-
-    def resume(self, session: Session, sock: socket.socket, answered: bool) -> None:
-        """Serves an adopted session's connection from where it was: still
-        waiting for its answer, or answered (its REQ_ENV may still come)."""
-        ControlConnection(self, sock, session, answered).resume()
 
     def _accept(self) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -135,16 +125,40 @@ class ControlServer:
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as err:  # EMFILE, ENFILE, ENOBUFS, ENOMEM
-                self._accept_errors.note(f"cannot accept a connection: {err.strerror}; "
-                                         "retrying")
+                self._errors.note(f"cannot accept a connection: {err.strerror}; retrying")
                 self.loop.remove_reader(self._listener.fileno())
                 self.loop.call_later(ACCEPT_PAUSE, self._accept_again)
                 return
-            ControlConnection(self, sock).start()
+            self._connected(sock)
 
     def _accept_again(self) -> None:
         if self._listener is not None:
             self.loop.add_reader(self._listener.fileno(), self._accept)
+
+
+class ControlServer:
+    """Accepts on the control socket, makes one ControlConnection per
+    connection and knows how many refused ones each user has open."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.refusing: collections.Counter[int] = collections.Counter()
+        self.loop = current()
+        self._acceptor: Acceptor | None = None
+
+    def listen(self, sock: socket.socket) -> None:
+        self._acceptor = Acceptor(sock, lambda conn: ControlConnection(self, conn).start())
+
+    def close(self) -> None:
+        """Stops accepting; connections stay as they are."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+            self._acceptor = None
+
+    def resume(self, session: Session, sock: socket.socket, answered: bool) -> None:
+        """Serves an adopted session's connection from where it was: still
+        waiting for its answer, or answered (its REQ_ENV may still come)."""
+        ControlConnection(self, sock, session, answered).resume()
 
 
 class _Phase(enum.Enum):
@@ -173,7 +187,7 @@ class ControlConnection:
         self.pid, self.peer_uid = 0, 0
         self._decoder = protocol.HandshakeDecoder()
         self._pending = b""  # what came while waiting for the answer
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
 
     def start(self) -> None:
         """A new connection: its peer is checked, then its handshake read.
@@ -297,7 +311,7 @@ class ControlConnection:
     def _await_outcome(self) -> None:
         self.session.outcome.add_done_callback(self._answer)
 
-    def _answer(self, outcome: asyncio.Future) -> None:
+    def _answer(self, outcome: Outcome) -> None:
         if self.phase is not _Phase.WAITING:
             return  # the connection ended meanwhile
         if not outcome.result():

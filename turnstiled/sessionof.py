@@ -13,10 +13,10 @@ init) is found in none.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from .children import parent_of
 
+TYPE_CHECKING = False  # not typing's (see turnstiled/__init__.py)
 if TYPE_CHECKING:
     from .registry import Session
 

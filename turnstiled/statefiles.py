@@ -10,11 +10,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from typing import TYPE_CHECKING
 
 from . import views
 from .config import Config
 
+TYPE_CHECKING = False  # not typing's (see turnstiled/__init__.py)
 if TYPE_CHECKING:
     from .registry import Login, Session
     from .seats import Seat, Seats

@@ -24,16 +24,17 @@ registry decides why (turnstiled/registry.py).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import cgroups
 from .cgroups import Hierarchy, Place
 from .config import Config
 from .groupwatch import GroupWatch
+from .loop import Timer, current
 
 log = logging.getLogger("turnstiled")
 
@@ -80,8 +81,8 @@ class Tracking:
     def leftovers(self, known: set[str]) -> None:
         """Removes the empty groups no session or manager of ours holds."""
 
-    async def close(self) -> None:
-        """Waits (bounded) for the groups being ended."""
+    def close(self) -> None:
+        """Runs the loop (bounded) until the groups being ended are."""
 
 
 class CgroupTracking(Tracking):
@@ -95,7 +96,7 @@ class CgroupTracking(Tracking):
         self.use_kill_file = use_kill_file
         self.term_bound = term_bound
         self.watch = GroupWatch()
-        self._ending: set[asyncio.Task] = set()
+        self._ending: set[_Ending] = set()
 
     def enter_session(self, uid: int, sid: str, leader: int) -> Group | None:
         """Makes the session's group and moves its leader in. A leader we
@@ -180,49 +181,88 @@ class CgroupTracking(Tracking):
             else:
                 Group(self, path).release()
 
-    def end(self, group: Group) -> None:
-        """Ends everything in the group, in the background."""
-        task = asyncio.get_running_loop().create_task(self._end_in_background(group))
-        self._ending.add(task)
-        task.add_done_callback(self._ending.discard)
+    def end(self, group: Group, timeout: float = GIVE_UP,
+            then: Callable[[bool], object] | None = None) -> None:
+        """Ends everything in the group, in the background; then(empty) once
+        it is empty (True) or timeout seconds have passed (False)."""
+        if then is None:
+            def then(empty: bool) -> None:
+                if not empty:
+                    log.error("processes of %s survive %g s of SIGKILL: given up on them",
+                              group.path, timeout)
+        _Ending(self, group, timeout, then).start()
 
-    async def _end_in_background(self, group: Group) -> None:
-        if not await self.end_and_wait(group, GIVE_UP):
-            log.error("processes of %s survive %g s of SIGKILL: given up on them", group.path,
-                      GIVE_UP)
-
-    async def end_and_wait(self, group: Group, timeout: float) -> bool:
-        """Ends everything in the group; whether it is empty within timeout."""
-        try:
-            return await asyncio.wait_for(self._end(group), timeout)
-        except TimeoutError:
-            return False
-
-    async def _end(self, group: Group) -> bool:
-        if self.use_kill_file and cgroups.has_kill_file(group.path):
-            while group.populated():
-                cgroups.kill_all(group.path)
-                if await self.watch.wait_empty(group.path, 1.0):
-                    break
-            return True
-        cgroups.signal_all(group.path, signal.SIGTERM)
-        if await self.watch.wait_empty(group.path, self.term_bound):
-            return True
-        # Each round catches what forked meanwhile; the round after the
-        # last process went finds the group empty.
-        while cgroups.signal_all(group.path, signal.SIGKILL):
-            if await self.watch.wait_empty(group.path, KILL_RETRY):
-                break
-        return True
-
-    async def close(self) -> None:
+    def close(self) -> None:
         if self._ending:
-            await asyncio.wait(self._ending, timeout=self.term_bound + 1)
+            current().run(until=lambda: not self._ending, timeout=self.term_bound + 1)
         self.watch.close()
         try:
             cgroups.remove(self.tree.root)  # only if no group is left in it
         except OSError as err:
             log.warning("cannot remove %s: %s", self.tree.root, err.strerror)
+
+
+class _Ending:
+    """One group being ended. With cgroup.kill: killed, and killed again
+    each second while it is not empty (a fork can race the first kill).
+    Without: SIGTERM, term_bound seconds for it to empty, then SIGKILL
+    rounds each KILL_RETRY, each catching what forked meanwhile; the round
+    after the last process went finds the group empty."""
+
+    def __init__(self, tracking: CgroupTracking, group: Group, timeout: float,
+                 then: Callable[[bool], object]) -> None:
+        self.tracking = tracking
+        self.group = group
+        self.then: Callable[[bool], object] | None = then
+        self._deadline = current().call_later(timeout, self._finish, False)
+        self._wait: Timer | None = None
+
+    def start(self) -> None:
+        self.tracking._ending.add(self)
+        path = self.group.path
+        if self.tracking.use_kill_file and cgroups.has_kill_file(path):
+            self._kill_round()
+            return
+        cgroups.signal_all(path, signal.SIGTERM)
+        self._wait_empty(self.tracking.term_bound, self._sigkill_round)
+
+    def _kill_round(self) -> None:
+        if not self.group.populated():
+            self._finish(True)
+            return
+        cgroups.kill_all(self.group.path)
+        self._wait_empty(1.0, self._kill_round)
+
+    def _sigkill_round(self) -> None:
+        if not cgroups.signal_all(self.group.path, signal.SIGKILL):
+            self._finish(True)
+            return
+        self._wait_empty(KILL_RETRY, self._sigkill_round)
+
+    def _wait_empty(self, seconds: float, otherwise: Callable[[], None]) -> None:
+        """_finish(True) when the group empties within seconds, else otherwise()."""
+        self.tracking.watch.watch(self.group.path, self._emptied)
+        self._wait = current().call_later(seconds, self._waited, otherwise)
+
+    def _waited(self, otherwise: Callable[[], None]) -> None:
+        self._wait = None
+        self.tracking.watch.unwatch(self.group.path, self._emptied)
+        otherwise()
+
+    def _emptied(self) -> None:
+        self._finish(True)
+
+    def _finish(self, empty: bool) -> None:
+        then, self.then = self.then, None
+        if then is None:
+            return  # finished already
+        self._deadline.cancel()
+        if self._wait is not None:
+            self._wait.cancel()
+            self._wait = None
+        self.tracking.watch.unwatch(self.group.path, self._emptied)
+        self.tracking._ending.discard(self)
+        then(empty)
 
 
 @dataclass
@@ -278,13 +318,12 @@ class Group:
         """call() once the group is (or becomes) empty."""
         self.tracking.watch.watch(self.path, call)
 
-    def end(self) -> None:
+    def end(self, timeout: float = GIVE_UP,
+            then: Callable[[bool], object] | None = None) -> None:
         """Kills everything in it (cgroup.kill, else TERM and then KILL),
-        in the background; on_empty hears when it is done."""
-        self.tracking.end(self)
-
-    async def end_and_wait(self, timeout: float) -> bool:
-        return await self.tracking.end_and_wait(self, timeout)
+        in the background; on_empty hears when it is done, and then(empty)
+        too (False: not empty after timeout seconds)."""
+        self.tracking.end(self, timeout, then)
 
     def signal(self, sig: int) -> int:
         """Sends sig to every process in it; how many got it."""

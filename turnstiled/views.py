@@ -14,12 +14,11 @@ know, admin clients too (within version 1).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from . import linger
 from .config import Config
 from .text import escape
 
+TYPE_CHECKING = False  # not typing's (see turnstiled/__init__.py)
 if TYPE_CHECKING:
     from .registry import Login, Session
     from .seats import Seat, Seats

@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # not typing's (see turnstiled/__init__.py)
 if TYPE_CHECKING:
-    import asyncio
-
     from ..config import Config
     from ..registry import Registry
     from ..seats import Seats
@@ -61,13 +59,12 @@ class Login1:
         self.status = status
         self._link = link
 
-    async def close(self) -> None:
+    def close(self) -> None:
         if self._link is not None:
-            await self._link.close()  # type: ignore[attr-defined]
+            self._link.close()  # type: ignore[attr-defined]
 
 
-def start(config: Config, registry: Registry, seats: Seats,
-          loop: asyncio.AbstractEventLoop) -> Login1:
+def start(config: Config, registry: Registry, seats: Seats) -> Login1:
     """Starts the API as config says (see the module's contract)."""
     status = Status()
     if config.login1 == "no":
@@ -85,7 +82,7 @@ def start(config: Config, registry: Registry, seats: Seats,
     from .address import system_bus_address
     from .bus import BusLink
     address = system_bus_address(config.system_bus_address)
-    link = BusLink(address, config.login1 == "yes", registry, seats, status, loop)
+    link = BusLink(address, config.login1 == "yes", registry, seats, status)
     link.start()
     return Login1(status, link)
 

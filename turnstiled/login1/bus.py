@@ -2,7 +2,10 @@
 the name, serve until the bus goes, start over.
 
 - No bus (its socket does not answer): probed with a plain connect every
-  RETRY_MAX seconds at most, dbus-fast not yet imported.
+  RETRY_MAX seconds at most, on the daemon's loop, with neither dbus-fast
+  nor asyncio imported.
+- A bus answers: the daemon's loop becomes asyncio's guest
+  (turnstiled.loop) and the connection runs as an asyncio task.
 - The name is someone else's (elogind): with login1 = auto, logged once
   and left alone while this connection lasts; with yes, an error, and the
   name is taken the moment its owner lets it go (NameOwnerChanged).
@@ -12,14 +15,17 @@ the name, serve until the bus goes, start over.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import TYPE_CHECKING
 
+from ..loop import current
 from . import BUS_NAME, Status
 from .address import reachable
 
+TYPE_CHECKING = False  # not typing's (see turnstiled/__init__.py)
 if TYPE_CHECKING:
+    import asyncio
+
+    from ..loop import Timer
     from ..registry import Registry
     from ..seats import Seats
 
@@ -31,14 +37,16 @@ RETRY_MAX = 5.0
 
 class BusLink:
     def __init__(self, address: str, required: bool, registry: Registry, seats: Seats,
-                 status: Status, loop: asyncio.AbstractEventLoop) -> None:
+                 status: Status) -> None:
         self.address = address
         self.required = required
         self.registry = registry
         self.seats = seats
         self.status = status
-        self.loop = loop
+        self.loop = current()
         self._task: asyncio.Task | None = None
+        self._retry: Timer | None = None
+        self._delay = RETRY_FIRST
         self._bus = None
         self._service = None
         self._said = ""  # the last wait reason logged, so it is logged once
@@ -46,13 +54,19 @@ class BusLink:
         self.hints: dict = {}
 
     def start(self) -> None:
-        self._task = self.loop.create_task(self._run())
+        self._probe()
 
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+    def close(self) -> None:
+        """Ends the connection (running asyncio's loop until its task has)."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            import asyncio
+            task.cancel()
             try:
-                await self._task
+                task.get_loop().run_until_complete(task)
             except asyncio.CancelledError:
                 pass
         self._drop()
@@ -68,24 +82,37 @@ class BusLink:
                 "login1: no system bus at %s (%s); connecting when it appears",
                 self.address, why)
 
-    async def _run(self) -> None:
-        delay = RETRY_FIRST
-        while True:
-            why = reachable(self.address)
-            if why is None:
-                try:
-                    await self._session()
-                    delay = RETRY_FIRST
-                    continue
-                except (OSError, EOFError) as err:
-                    why = str(err) or type(err).__name__
-                except Exception as err:  # the library's own errors (auth, protocol)
-                    why = f"{type(err).__name__}: {err}"
-                finally:
-                    self._drop()
-            self._wait_note(why)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
+    def _probe(self) -> None:
+        """Connects if the bus answers, else tries again later."""
+        self._retry = None
+        why = reachable(self.address)
+        if why is None:
+            self._task = self.loop.asyncio().create_task(self._connection())
+        else:
+            self._wait_for_bus(why)
+
+    def _wait_for_bus(self, why: str) -> None:
+        self._wait_note(why)
+        self._retry = self.loop.call_later(self._delay, self._probe)
+        self._delay = min(self._delay * 2, RETRY_MAX)
+
+    async def _connection(self) -> None:
+        """One connection, from connect to its loss; then the next probe."""
+        try:
+            await self._session()
+        except (OSError, EOFError) as err:
+            why = str(err) or type(err).__name__
+        except Exception as err:  # the library's own errors (auth, protocol)
+            why = f"{type(err).__name__}: {err}"
+        else:
+            self._delay = RETRY_FIRST
+            why = ""
+        finally:
+            self._drop()
+        if why:
+            self._wait_for_bus(why)
+        else:
+            self.loop.call_soon(self._probe)
 
     async def _session(self) -> None:
         """One connection, from connect to its loss."""
@@ -129,7 +156,7 @@ class BusLink:
                   True)
         log.error("login1: %s is owned by %s (login1 = yes); taking it when it is released",
                   BUS_NAME, owner)
-        self._service.on_name_released(lambda: self.loop.create_task(self._retake(bus)))
+        self._service.on_name_released(lambda: self.loop.asyncio().create_task(self._retake(bus)))
         return False
 
     async def _retake(self, bus) -> None:
