@@ -189,6 +189,23 @@ def test_sigint_is_a_full_stop(runit, test_user, pam_module):
     pam.close()
 
 
+def test_a_second_signal_does_not_cut_a_full_stop_short(runit, test_user, pam_module):
+    """Ctrl-C twice, or SIGTERM after SIGINT: the full stop still waits for
+    the manager to stop (runsv takes a second for services that ran less)."""
+    runit_services(test_user)
+    d = runit()
+    pam = PamLogin(d.login_service(), test_user.name, d.service_dir)
+    pam.open()
+    d.proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(20) == 0
+    log = d.log()
+    assert "still running" not in log, log
+    assert f"login of {test_user.name} ended" in log
+    pam.close()
+
+
 @pytest.mark.parametrize("how", ["kill", "term"])
 def test_linger_and_the_stop_delay_survive_a_restart(runit, test_users, pam_module, how):
     lingering, leaving = test_users[:2]

@@ -129,12 +129,16 @@ def _serve(config: Config, loop: Loop) -> None:
     # The control socket last: once it listens, the whole daemon is up.
     control.listen(listen_unix(config.socket_path, 0o666))
 
-    full_stop = False
+    signalled, full_stop = False, False
 
     def on_signal(sig: int) -> None:
-        nonlocal full_stop
-        full_stop = full_stop or sig == signal.SIGINT
-        loop.stop()
+        # Only the first ends the loop's run: later ones would cut short
+        # the runs that wait for the managers to stop.
+        nonlocal signalled, full_stop
+        full_stop = full_stop or (sig == signal.SIGINT and not signalled)
+        if not signalled:
+            signalled = True
+            loop.stop()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
