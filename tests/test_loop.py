@@ -175,3 +175,21 @@ def test_a_closed_loop_is_not_current():
         pass
     else:
         raise AssertionError("current() after close")
+
+
+def test_closing_a_guest_ends_what_runs_on_asyncio(caplog):
+    import asyncio
+    lp = Loop().install()
+    ended = []
+
+    async def forever():
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            ended.append(True)
+
+    lp.asyncio().create_task(forever())
+    lp.run(timeout=0.05)
+    lp.close()
+    assert ended == [True]
+    assert "destroyed but it is pending" not in caplog.text

@@ -120,8 +120,7 @@ class Loop:
         for sig in list(self._signals):
             self.remove_signal_handler(sig)
         if self._host is not None:
-            self._host.remove_reader(self._selector.fileno())
-            self._host.close()
+            self._close_host(self._host)
             self._host = None
         self._selector.close()
         self._wake_r.close()
@@ -330,6 +329,19 @@ class Loop:
             self._host.add_reader(self._selector.fileno(), self._guest_turn)
             self._host_wake()
         return self._host
+
+    def _close_host(self, host: asyncio.AbstractEventLoop) -> None:
+        """As asyncio.run ends: what still runs there is cancelled and
+        given its turn to finish, then the loop closes."""
+        import asyncio
+        tasks = asyncio.all_tasks(host)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            host.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        host.run_until_complete(host.shutdown_asyncgens())
+        host.remove_reader(self._selector.fileno())
+        host.close()
 
     def _run_as_guest(self, deadline: float | None) -> None:
         assert self._host is not None
