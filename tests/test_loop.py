@@ -193,3 +193,25 @@ def test_closing_a_guest_ends_what_runs_on_asyncio(caplog):
     lp.close()
     assert ended == [True]
     assert "destroyed but it is pending" not in caplog.text
+
+
+def test_what_is_removed_or_cancelled_in_a_turn_does_not_run_in_it(loop):
+    """As asyncio's handles: a reader removed, or a due timer cancelled, by
+    an earlier call of the same turn does not run."""
+    a, b = socket.socketpair()
+    said = []
+    timer = loop.call_later(0, said.append, "timer")
+
+    def first():
+        said.append("first")
+        loop.remove_reader(a.fileno())
+        timer.cancel()
+
+    b.send(b"x")
+    time.sleep(0.01)  # the timer is due, the socket readable: one turn
+    loop.call_soon(first)
+    loop.add_reader(a.fileno(), said.append, "reader")
+    loop.run(timeout=0.05)
+    assert said == ["first"]
+    a.close()
+    b.close()

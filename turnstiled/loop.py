@@ -61,7 +61,7 @@ def current() -> Loop:
 class Timer:
     """A pending call_later/call_at: when() it is due, cancel() to drop it."""
 
-    __slots__ = ("_when", "_seq", "_call", "_args", "_loop")
+    __slots__ = ("_when", "_seq", "_call", "_args", "_loop", "_due")
 
     def __init__(self, loop: Loop, when: float, seq: int, call: Callable[..., object],
                  args: tuple) -> None:
@@ -70,6 +70,7 @@ class Timer:
         self._seq = seq
         self._call: Callable[..., object] | None = call
         self._args = args
+        self._due = False  # out of the heap, queued to run this turn
 
     def __lt__(self, other: Timer) -> bool:
         return (self._when, self._seq) < (other._when, other._seq)
@@ -80,16 +81,34 @@ class Timer:
     def cancelled(self) -> bool:
         return self._call is None
 
+    @property
+    def dropped(self) -> bool:
+        return self._call is None
+
     def cancel(self) -> None:
         if self._call is not None:
             self._call, self._args = None, ()
-            self._loop._timer_cancelled()
+            if not self._due:
+                self._loop._timer_cancelled()
+
+
+class _Watch:
+    """A reader's or writer's callback. One removed or replaced is dropped,
+    and does not run even if its event was queued in the same turn (as an
+    asyncio handle is cancelled)."""
+
+    __slots__ = ("call", "args", "dropped")
+
+    def __init__(self, call: Callable[..., object], args: tuple) -> None:
+        self.call, self.args, self.dropped = call, args, False
 
 
 class Loop:
     def __init__(self) -> None:
         self._selector = selectors.EpollSelector()
-        self._ready: deque[tuple[Callable[..., object], tuple]] = deque()
+        # (call, args, and the watch or timer that queued it, if one did:
+        # dropped since, the call does not run)
+        self._ready: deque[tuple[Callable[..., object], tuple, _Watch | Timer | None]] = deque()
         self._timers: list[Timer] = []
         self._cancelled = 0
         self._seq = itertools.count()
@@ -134,11 +153,11 @@ class Loop:
         return time.monotonic()
 
     def call_soon(self, call: Callable[..., object], *args: Any) -> None:
-        self._ready.append((call, args))
+        self._ready.append((call, args, None))
         self._host_wake()
 
     def call_soon_threadsafe(self, call: Callable[..., object], *args: Any) -> None:
-        self._ready.append((call, args))  # deque.append is atomic
+        self._ready.append((call, args, None))  # deque.append is atomic
         try:
             self._wake_w.send(b"\0")
         except (BlockingIOError, InterruptedError):
@@ -175,10 +194,10 @@ class Loop:
     # -- descriptors
 
     def add_reader(self, fd: int, call: Callable[..., object], *args: Any) -> None:
-        self._watch(fd, selectors.EVENT_READ, (call, args))
+        self._watch(fd, selectors.EVENT_READ, _Watch(call, args))
 
     def add_writer(self, fd: int, call: Callable[..., object], *args: Any) -> None:
-        self._watch(fd, selectors.EVENT_WRITE, (call, args))
+        self._watch(fd, selectors.EVENT_WRITE, _Watch(call, args))
 
     def remove_reader(self, fd: int) -> bool:
         return self._unwatch(fd, selectors.EVENT_READ)
@@ -186,15 +205,18 @@ class Loop:
     def remove_writer(self, fd: int) -> bool:
         return self._unwatch(fd, selectors.EVENT_WRITE)
 
-    def _watch(self, fd: int, event: int, handler: tuple) -> None:
+    def _watch(self, fd: int, event: int, watch: _Watch) -> None:
         try:
             key = self._selector.get_key(fd)
         except KeyError:
-            calls = {event: handler}
-            self._selector.register(fd, event, calls)
+            self._selector.register(fd, event, {event: watch})
             return
-        key.data[event] = handler
-        self._selector.modify(fd, key.events | event, key.data)
+        old = key.data.get(event)
+        if old is not None:
+            old.dropped = True
+        key.data[event] = watch
+        if not key.events & event:
+            self._selector.modify(fd, key.events | event, key.data)
 
     def _unwatch(self, fd: int, event: int) -> bool:
         try:
@@ -203,7 +225,7 @@ class Loop:
             return False
         if not key.events & event:
             return False
-        del key.data[event]
+        key.data.pop(event).dropped = True
         events = key.events & ~event
         if events:
             self._selector.modify(fd, events, key.data)
@@ -241,7 +263,7 @@ class Loop:
             for sig in data:
                 handler = self._signals.get(sig)  # 0: call_soon_threadsafe
                 if handler is not None:
-                    self._ready.append(handler)
+                    self._ready.append((*handler, None))
 
     # -- running
 
@@ -284,23 +306,26 @@ class Loop:
         else:
             wait = most
         for key, events in self._selector.select(wait):
-            calls = key.data
-            # Looked up one by one: a reader may remove the writer.
-            if events & selectors.EVENT_READ and selectors.EVENT_READ in calls:
-                self._ready.append(calls[selectors.EVENT_READ])
-            if events & selectors.EVENT_WRITE and selectors.EVENT_WRITE in calls:
-                self._ready.append(calls[selectors.EVENT_WRITE])
+            for event in (selectors.EVENT_READ, selectors.EVENT_WRITE):
+                watch = key.data.get(event) if events & event else None
+                if watch is not None:
+                    self._ready.append((watch.call, watch.args, watch))
         now = self.time()
         while self._timers and self._timers[0]._when <= now:
             timer = heapq.heappop(self._timers)
             if timer._call is None:
                 self._cancelled -= 1
             else:
-                self._ready.append((timer._call, timer._args))
-                timer._call, timer._args = None, ()
+                timer._due = True
+                self._ready.append((timer._call, timer._args, timer))
         # What these calls add waits for the next turn.
         for _ in range(len(self._ready)):
-            call, args = self._ready.popleft()
+            call, args, source = self._ready.popleft()
+            if source is not None:
+                if source.dropped:
+                    continue
+                if isinstance(source, Timer):
+                    source._call, source._args = None, ()  # it ran
             try:
                 call(*args)
             except (SystemExit, KeyboardInterrupt):

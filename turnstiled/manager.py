@@ -395,7 +395,6 @@ class Manager:
             return
         log.warning("processes of %s's manager outlived its holder: killing them",
                     self.user.name)
-        assert self.group is not None
         self.group.end(STOP_TIMEOUT, self._outlivers_ended)
 
     def _outlivers_ended(self, empty: bool) -> None:
@@ -417,7 +416,7 @@ class Manager:
             # manager's session (run's setsid) still names it.
             self.children.kill_session(self._sid, self._cleaned_up)
         else:
-            self._cleaned_up(0)
+            current().call_soon(self._cleaned_up, 0)
 
     def _group_cleaned_up(self, empty: bool) -> None:
         log.info("killed what was left of %s's manager (its group)", self.user.name)

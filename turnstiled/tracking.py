@@ -218,7 +218,13 @@ class _Ending:
         self._wait: Timer | None = None
 
     def start(self) -> None:
+        """Begins on the loop's next turn, so then() never runs inside end()."""
         self.tracking._ending.add(self)
+        current().call_soon(self._first_round)
+
+    def _first_round(self) -> None:
+        if self.then is None:
+            return  # timed out already
         path = self.group.path
         if self.tracking.use_kill_file and cgroups.has_kill_file(path):
             self._kill_round()
