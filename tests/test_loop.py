@@ -11,9 +11,9 @@ import sys
 import threading
 import time
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, wait_for
 
-from turnstiled.loop import Loop
+from turnstiled.loop import MAX_WORKERS, Loop
 
 
 def test_calls_run_in_order_and_timers_when_due(loop):
@@ -106,6 +106,28 @@ def test_work_in_a_thread_reports_back_on_the_loop(loop, caplog):
     loop.run(until=lambda: len(results) == 2, timeout=5)
     assert sorted(results, key=str) == [6, None]
     assert "no such thing" in caplog.text
+
+
+def test_at_most_a_few_threads_work_at_once_and_none_stays(loop):
+    running, most, results = [0], [0], []
+    lock = threading.Lock()
+
+    def work(n):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+        return n
+
+    before = threading.active_count()
+    for n in range(40):
+        loop.in_thread(work, n, done=results.append)
+    loop.run(until=lambda: len(results) == 40, timeout=10)
+    assert sorted(results) == list(range(40))
+    assert 1 < most[0] <= MAX_WORKERS
+    wait_for(lambda: threading.active_count() == before, 5, what="the workers to exit")
 
 
 def test_a_failing_callback_is_logged_and_the_loop_goes_on(loop, caplog):

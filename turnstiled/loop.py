@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("turnstiled")
 
+# Threads in_thread runs at once: a mass logout removes many users' trees,
+# and each thread costs its stack.
+MAX_WORKERS = 4
 # Cancelled timers are dropped from the heap once they are this many and
 # half of it: a peer that opens and closes connections cancels one each.
 _PURGE_AT = 64
@@ -118,6 +121,9 @@ class Loop:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.add_reader(self._wake_r.fileno(), self._woken)
+        self._work: deque[tuple[Callable[..., object], tuple, Callable | None]] = deque()
+        self._work_lock = threading.Lock()
+        self._workers = 0
         self._running = False
         self._stopping = False
         self._until: Callable[[], bool] | None = None
@@ -177,10 +183,24 @@ class Loop:
 
     def in_thread(self, work: Callable[..., object], *args: Any,
                   done: Callable[[object], object] | None = None) -> None:
-        """Runs work(*args) in a thread of its own (for what blocks: walking
+        """Runs work(*args) in a worker thread (for what blocks: walking
         /proc, removing a user's tree); done(result) is called on the loop
-        when it ends: result is None if work raised (which is logged)."""
-        def run() -> None:
+        when it ends: result is None if work raised (which is logged).
+        At most MAX_WORKERS run at once, and none is left when idle."""
+        with self._work_lock:
+            self._work.append((work, args, done))
+            if self._workers >= MAX_WORKERS:
+                return
+            self._workers += 1
+        threading.Thread(target=self._worker, daemon=True).start()
+
+    def _worker(self) -> None:
+        while True:
+            with self._work_lock:
+                if not self._work:
+                    self._workers -= 1
+                    return
+                work, args, done = self._work.popleft()
             result = None
             try:
                 result = work(*args)
@@ -188,8 +208,6 @@ class Loop:
                 log.exception("%s failed", getattr(work, "__name__", work))
             if done is not None:
                 self.call_soon_threadsafe(done, result)
-
-        threading.Thread(target=run, daemon=True).start()
 
     # -- descriptors
 
