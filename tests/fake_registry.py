@@ -7,14 +7,13 @@ runtime-dir code. Not a test module: the tests import it."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 from helpers import read_kv
 
 from turnstiled import rundir
 from turnstiled.cgroups import Place
 from turnstiled.config import Config
-from turnstiled.loop import Loop, current
+from turnstiled.loop import current
 from turnstiled.manager import ReadyReport
 from turnstiled.protocol import Handshake
 from turnstiled.registry import Registry
@@ -245,12 +244,3 @@ class Harness:
             return None
         return timer.when() - current().time()
 
-
-def run(test: Callable[[], object]) -> object:
-    """Runs test() with a turnstiled loop installed (timers and readers
-    are set on it; nothing runs them unless the test runs the loop)."""
-    loop = Loop().install()
-    try:
-        return test()
-    finally:
-        loop.close()

@@ -10,7 +10,7 @@ import itertools
 import os
 
 import pytest
-from fake_registry import USER, Harness, run
+from fake_registry import USER, Harness
 
 from turnstiled.registry import MAX_RESTARTS, LoginState, Registry
 
@@ -21,26 +21,24 @@ pytestmark = pytest.mark.usefixtures("rundir_stand_in")
 STOP_DELAY = 10.0
 
 
-def test_a_login_waits_for_its_manager_and_is_answered(tmp_path, rundir_stand_in):
-    def main():
-        h = Harness(tmp_path)
-        s1 = h.open()
-        assert h.manager.started and h.state() == "starting" and not s1.outcome.done()
-        assert rundir_stand_in.made == [str(tmp_path / "user" / str(USER.uid))]
-        s2 = h.open()  # joins the same start
-        assert len(h.managers) == 1
-        h.manager.ready()
-        assert s1.outcome.result() is s2.outcome.result() is True
-        assert h.state() == h.published() == "ready"
-        s3 = h.open()
-        assert s3.outcome.result() is True  # answered at once
-        h.close_all()
-        assert h.state() == "stopping" and h.manager.stops == 1
-        h.manager.gone()
-        assert h.state() == "ended" and h.published() is None
-        assert not os.path.exists(tmp_path / "user" / str(USER.uid))
-        assert len(rundir_stand_in.made) == 1
-    run(main)
+def test_a_login_waits_for_its_manager_and_is_answered(tmp_path, rundir_stand_in, loop):
+    h = Harness(tmp_path)
+    s1 = h.open()
+    assert h.manager.started and h.state() == "starting" and not s1.outcome.done()
+    assert rundir_stand_in.made == [str(tmp_path / "user" / str(USER.uid))]
+    s2 = h.open()  # joins the same start
+    assert len(h.managers) == 1
+    h.manager.ready()
+    assert s1.outcome.result() is s2.outcome.result() is True
+    assert h.state() == h.published() == "ready"
+    s3 = h.open()
+    assert s3.outcome.result() is True  # answered at once
+    h.close_all()
+    assert h.state() == "stopping" and h.manager.stops == 1
+    h.manager.gone()
+    assert h.state() == "ended" and h.published() is None
+    assert not os.path.exists(tmp_path / "user" / str(USER.uid))
+    assert len(rundir_stand_in.made) == 1
 
 
 # Every public state (Login.public_state): the LoginStates, and lingering,
@@ -188,192 +186,168 @@ CASES = [*TABLE, *(("lingering (linger file)", event) for event in LINGERING_BY_
 
 
 @pytest.mark.parametrize(("state", "event"), CASES)
-def test_every_state_and_event(tmp_path, state, event):
-    def main():
-        h = Harness(tmp_path, user_stop_delay=STOP_DELAY)
-        _into(h, state)
-        _apply(h, event)
-        expected = (LINGERING_BY_FILE[event] if state == "lingering (linger file)"
-                    else TABLE[(state, event)])
-        after = h.state()
-        assert (after, len(h.managers), sum(m.stops for m in h.managers)) == expected
-        assert h.published() == (None if after == "ended" else after)
-        # Whatever happened, turning linger off, closing every session, the
-        # delay running out and each manager going end the Login: nothing
-        # is left behind.
-        for _ in range(3):
-            if h.login() is None:
-                break
-            if h.lingers():
-                h.set_linger(False)
-            h.close_all()
-            if h.login() is not None:
-                h.stop_delay_over()
-            if h.login() is not None and h.login().manager is not None:
-                h.login().manager.gone()
-        assert h.state() == "ended" and h.reg.sessions == {}
-        assert not list((tmp_path / "state" / "users").iterdir())
-        assert not list((tmp_path / "state" / "sessions").iterdir())
-        assert not (tmp_path / "user" / str(USER.uid)).exists()
-    run(main)
+def test_every_state_and_event(tmp_path, state, event, loop):
+    h = Harness(tmp_path, user_stop_delay=STOP_DELAY)
+    _into(h, state)
+    _apply(h, event)
+    expected = (LINGERING_BY_FILE[event] if state == "lingering (linger file)"
+                else TABLE[(state, event)])
+    after = h.state()
+    assert (after, len(h.managers), sum(m.stops for m in h.managers)) == expected
+    assert h.published() == (None if after == "ended" else after)
+    # Whatever happened, turning linger off, closing every session, the
+    # delay running out and each manager going end the Login: nothing
+    # is left behind.
+    for _ in range(3):
+        if h.login() is None:
+            break
+        if h.lingers():
+            h.set_linger(False)
+        h.close_all()
+        if h.login() is not None:
+            h.stop_delay_over()
+        if h.login() is not None and h.login().manager is not None:
+            h.login().manager.gone()
+    assert h.state() == "ended" and h.reg.sessions == {}
+    assert not list((tmp_path / "state" / "users").iterdir())
+    assert not list((tmp_path / "state" / "sessions").iterdir())
+    assert not (tmp_path / "user" / str(USER.uid)).exists()
 
 
-def test_a_login_during_the_stop_gets_a_fresh_manager(tmp_path):
-    def main():
-        h = Harness(tmp_path)
-        _into(h, "stopping")
-        s = h.open()
-        old = h.manager
-        old.gone()
-        assert len(h.managers) == 2 and h.manager is not old and h.manager.started
-        assert h.state() == "starting" and not s.outcome.done()
-        h.manager.ready()
-        assert s.outcome.result() is True
-    run(main)
+def test_a_login_during_the_stop_gets_a_fresh_manager(tmp_path, loop):
+    h = Harness(tmp_path)
+    _into(h, "stopping")
+    s = h.open()
+    old = h.manager
+    old.gone()
+    assert len(h.managers) == 2 and h.manager is not old and h.manager.started
+    assert h.state() == "starting" and not s.outcome.done()
+    h.manager.ready()
+    assert s.outcome.result() is True
 
 
-def test_crashes_are_restarted_up_to_the_limit(tmp_path):
-    def main():
-        h = Harness(tmp_path)
-        _into(h, "ready")
-        for i in range(MAX_RESTARTS):
-            h.manager.gone(137)
-            assert h.state() == "starting" and len(h.managers) == i + 2
-            h.manager.ready()
+def test_crashes_are_restarted_up_to_the_limit(tmp_path, loop):
+    h = Harness(tmp_path)
+    _into(h, "ready")
+    for i in range(MAX_RESTARTS):
         h.manager.gone(137)
-        assert h.state() == "failed" and len(h.managers) == MAX_RESTARTS + 1
-        assert "not restarting" in h.reg.failures[USER.uid][1]
-    run(main)
-
-
-def test_the_stop_delay_keeps_the_manager_and_a_login_cancels_it(tmp_path):
-    def main():
-        h = Harness(tmp_path, user_stop_delay=STOP_DELAY)
-        _into(h, "ready")
-        h.close_all()
-        assert h.state() == "lingering" and h.manager.stops == 0
-        assert 0 < h.stop_delay_left() <= STOP_DELAY
-        timer = h.login().stop_timer
-        h.open()  # back within the delay: the same manager, answered at once
-        assert h.state() == "ready" and len(h.managers) == 1
-        assert timer.cancelled() and h.stop_delay_left() is None
-        h.close_all()  # a new delay, in full
-        assert h.state() == "lingering" and h.manager.stops == 0
-        h.stop_delay_over()
-        assert h.state() == "stopping" and h.manager.stops == 1
-    run(main)
-
-
-def test_linger_keeps_the_manager_and_turning_it_off_stops_it(tmp_path):
-    def main():
-        h = Harness(tmp_path)
-        h.set_linger(True)
-        _into(h, "ready")
-        h.close_all()
-        assert h.state() == "lingering" and h.manager.stops == 0
-        h.set_linger(False)
-        assert h.state() == "stopping" and h.manager.stops == 1
-        h.manager.gone()
-        assert h.state() == "ended"
-    run(main)
-
-
-def test_transitions_go_through_one_place(tmp_path):
-    def main():
-        h = Harness(tmp_path)
-        _into(h, "failed")
-        with pytest.raises(AssertionError, match="failed -> stopping"):
-            h.reg._set_state(h.login(), LoginState.STOPPING)
-    run(main)
-
-
-def test_a_joiner_gone_during_the_stop_starts_nothing(tmp_path):
-    def main():
-        h = Harness(tmp_path)
-        _into(h, "stopping")
-        h.open()
-        h.close_all()  # gave up before the old manager was gone
-        h.manager.gone()
-        assert h.state() == "ended" and len(h.managers) == 1
-    run(main)
-
-
-def test_linger_turned_on_during_the_stop_keeps_a_manager(tmp_path):
-    def main():
-        h = Harness(tmp_path)
-        _into(h, "stopping")
-        h.set_linger(True)
-        h.manager.gone()
-        assert h.state() == "starting" and len(h.managers) == 2
+        assert h.state() == "starting" and len(h.managers) == i + 2
         h.manager.ready()
-        assert h.state() == "lingering"
-    run(main)
+    h.manager.gone(137)
+    assert h.state() == "failed" and len(h.managers) == MAX_RESTARTS + 1
+    assert "not restarting" in h.reg.failures[USER.uid][1]
 
 
-def test_listeners_hear_each_change_once_and_in_order(tmp_path):
-    def main():
-        h = Harness(tmp_path)
-        h.open()  # a new Login starts its manager, and the session joins it
-        assert h.heard == [("session_opened", "1"), ("login_changed", "starting")]
-        h.heard.clear()
+def test_the_stop_delay_keeps_the_manager_and_a_login_cancels_it(tmp_path, loop):
+    h = Harness(tmp_path, user_stop_delay=STOP_DELAY)
+    _into(h, "ready")
+    h.close_all()
+    assert h.state() == "lingering" and h.manager.stops == 0
+    assert 0 < h.stop_delay_left() <= STOP_DELAY
+    timer = h.login().stop_timer
+    h.open()  # back within the delay: the same manager, answered at once
+    assert h.state() == "ready" and len(h.managers) == 1
+    assert timer.cancelled() and h.stop_delay_left() is None
+    h.close_all()  # a new delay, in full
+    assert h.state() == "lingering" and h.manager.stops == 0
+    h.stop_delay_over()
+    assert h.state() == "stopping" and h.manager.stops == 1
+
+
+def test_linger_keeps_the_manager_and_turning_it_off_stops_it(tmp_path, loop):
+    h = Harness(tmp_path)
+    h.set_linger(True)
+    _into(h, "ready")
+    h.close_all()
+    assert h.state() == "lingering" and h.manager.stops == 0
+    h.set_linger(False)
+    assert h.state() == "stopping" and h.manager.stops == 1
+    h.manager.gone()
+    assert h.state() == "ended"
+
+
+def test_transitions_go_through_one_place(tmp_path, loop):
+    h = Harness(tmp_path)
+    _into(h, "failed")
+    with pytest.raises(AssertionError, match="failed -> stopping"):
+        h.reg._set_state(h.login(), LoginState.STOPPING)
+
+
+def test_a_joiner_gone_during_the_stop_starts_nothing(tmp_path, loop):
+    h = Harness(tmp_path)
+    _into(h, "stopping")
+    h.open()
+    h.close_all()  # gave up before the old manager was gone
+    h.manager.gone()
+    assert h.state() == "ended" and len(h.managers) == 1
+
+
+def test_linger_turned_on_during_the_stop_keeps_a_manager(tmp_path, loop):
+    h = Harness(tmp_path)
+    _into(h, "stopping")
+    h.set_linger(True)
+    h.manager.gone()
+    assert h.state() == "starting" and len(h.managers) == 2
+    h.manager.ready()
+    assert h.state() == "lingering"
+
+
+def test_listeners_hear_each_change_once_and_in_order(tmp_path, loop):
+    h = Harness(tmp_path)
+    h.open()  # a new Login starts its manager, and the session joins it
+    assert h.heard == [("session_opened", "1"), ("login_changed", "starting")]
+    h.heard.clear()
+    h.manager.ready()
+    h.open()
+    assert h.heard == [("login_changed", "ready"), ("session_opened", "2"),
+                       ("login_changed", "ready")]
+    h.heard.clear()
+    h.close_all()  # one entry point per session
+    assert h.heard == [("session_closed", "1"), ("login_changed", "ready"),
+                       ("session_closed", "2"), ("login_changed", "stopping")]
+    h.heard.clear()
+    h.manager.gone()  # an ended Login is not also "changed"
+    assert h.heard == [("login_ended", USER.name)]
+
+
+def test_a_batch_of_reports_is_heard_once_at_its_end(tmp_path, loop):
+    h = Harness(tmp_path)
+    h.open()
+    h.heard.clear()
+    with h.reg.batch():  # a holder's burst: three `up` lines and ready's exit
+        for _ in range(3):
+            h.manager.progress()
         h.manager.ready()
-        h.open()
-        assert h.heard == [("login_changed", "ready"), ("session_opened", "2"),
-                           ("login_changed", "ready")]
-        h.heard.clear()
-        h.close_all()  # one entry point per session
-        assert h.heard == [("session_closed", "1"), ("login_changed", "ready"),
-                           ("session_closed", "2"), ("login_changed", "stopping")]
-        h.heard.clear()
-        h.manager.gone()  # an ended Login is not also "changed"
-        assert h.heard == [("login_ended", USER.name)]
-    run(main)
+        assert h.heard == []
+    assert h.heard == [("login_changed", "ready")]
+    h.heard.clear()
+    h.manager.progress()  # outside a batch, each report is heard at once
+    assert h.heard == [("login_changed", "ready")]
 
 
-def test_a_batch_of_reports_is_heard_once_at_its_end(tmp_path):
-    def main():
-        h = Harness(tmp_path)
-        h.open()
-        h.heard.clear()
-        with h.reg.batch():  # a holder's burst: three `up` lines and ready's exit
-            for _ in range(3):
-                h.manager.progress()
-            h.manager.ready()
-            assert h.heard == []
-        assert h.heard == [("login_changed", "ready")]
-        h.heard.clear()
-        h.manager.progress()  # outside a batch, each report is heard at once
-        assert h.heard == [("login_changed", "ready")]
-    run(main)
+def test_linger_changes_reach_the_listeners(tmp_path, loop):
+    h = Harness(tmp_path)
+    _into(h, "ready")
+    h.heard.clear()
+    h.set_linger(True)
+    assert h.heard == [("login_changed", "ready")]
+    text = (tmp_path / "state" / "users" / str(USER.uid)).read_text()
+    assert "LINGER=1\n" in text
 
 
-def test_linger_changes_reach_the_listeners(tmp_path):
-    def main():
-        h = Harness(tmp_path)
-        _into(h, "ready")
-        h.heard.clear()
-        h.set_linger(True)
-        assert h.heard == [("login_changed", "ready")]
-        text = (tmp_path / "state" / "users" / str(USER.uid)).read_text()
-        assert "LINGER=1\n" in text
-    run(main)
-
-
-def test_a_failing_listener_breaks_nothing(tmp_path, caplog):
+def test_a_failing_listener_breaks_nothing(tmp_path, caplog, loop):
     class Broken:
         def __getattr__(self, name):
             def fail(subject):
                 raise RuntimeError(name)
             return fail
 
-    def main():
-        h = Harness(tmp_path)
-        h.reg.listeners.insert(0, Broken())
-        s = h.open()
-        h.manager.ready()
-        assert s.outcome.result() is True and h.published() == "ready"
-        h.close_all()
-        h.manager.gone()
-        assert h.state() == "ended" and h.published() is None
-    run(main)
+    h = Harness(tmp_path)
+    h.reg.listeners.insert(0, Broken())
+    s = h.open()
+    h.manager.ready()
+    assert s.outcome.result() is True and h.published() == "ready"
+    h.close_all()
+    h.manager.gone()
+    assert h.state() == "ended" and h.published() is None
     assert "Broken: login_changed failed" in caplog.text
