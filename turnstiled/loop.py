@@ -84,10 +84,6 @@ class Timer:
     def cancelled(self) -> bool:
         return self._call is None
 
-    @property
-    def dropped(self) -> bool:
-        return self._call is None
-
     def cancel(self) -> None:
         if self._call is not None:
             self._call, self._args = None, ()
@@ -104,6 +100,9 @@ class _Watch:
 
     def __init__(self, call: Callable[..., object], args: tuple) -> None:
         self.call, self.args, self.dropped = call, args, False
+
+    def cancelled(self) -> bool:
+        return self.dropped
 
 
 class Loop:
@@ -166,10 +165,8 @@ class Loop:
         self._ready.append((call, args, None))  # deque.append is atomic
         try:
             self._wake_w.send(b"\0")
-        except (BlockingIOError, InterruptedError):
-            pass  # a wake-up is pending already
         except OSError:
-            pass  # the loop is closed: nothing will run it
+            pass  # a wake-up is pending already, or the loop is closed
 
     def call_later(self, delay: float, call: Callable[..., object], *args: Any) -> Timer:
         return self.call_at(self.time() + delay, call, *args)
@@ -340,7 +337,7 @@ class Loop:
         for _ in range(len(self._ready)):
             call, args, source = self._ready.popleft()
             if source is not None:
-                if source.dropped:
+                if source.cancelled():
                     continue
                 if isinstance(source, Timer):
                     source._call, source._args = None, ()  # it ran
