@@ -121,13 +121,16 @@ def test_at_most_a_few_threads_work_at_once_and_none_stays(loop):
             running[0] -= 1
         return n
 
-    before = threading.active_count()
+    # Threads alive now (a worker of an earlier test may still be on its way
+    # out) are not this test's: it waits only for the ones it started.
+    before = set(threading.enumerate())
     for n in range(40):
         loop.in_thread(work, n, done=results.append)
     loop.run(until=lambda: len(results) == 40, timeout=10)
     assert sorted(results) == list(range(40))
     assert 1 < most[0] <= MAX_WORKERS
-    wait_for(lambda: threading.active_count() == before, 5, what="the workers to exit")
+    wait_for(lambda: not set(threading.enumerate()) - before, 5, what="the workers to exit",
+             detail=lambda: set(threading.enumerate()) - before)
 
 
 def test_a_failing_callback_is_logged_and_the_loop_goes_on(loop, caplog):
