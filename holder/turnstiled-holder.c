@@ -12,6 +12,15 @@
  * Started by the daemon as root with:
  *   fd 3   its end of an AF_UNIX SOCK_SEQPACKET socketpair (the channel)
  *   fd 0   /dev/null; fds 1 and 2 the daemon's log
+ *   argv   optionally PAM_SERVICE [PAM_DIR]: that service's PAM stack is
+ *          loaded (pam_start, user not yet known) while the holder waits
+ *          for start, so a holder the daemon starts ahead of a login has
+ *          it ready. A start naming another service (or dir) loads that
+ *          one instead.
+ *
+ * Before start, end of the channel or SIGTERM, SIGINT or SIGHUP make the
+ * holder exit at once with status 0: nothing runs yet, so nothing is said
+ * (the daemon let a spare go).
  *
  * The channel. One packet is one message, so nothing inside a field (the
  * readiness string comes from a file the user writes) can ever forge a
@@ -285,18 +294,9 @@ static const char *parse_start(char *fields, size_t len)
     return NULL;
 }
 
-/* Reads the start packet; NULL when it is one, else what is wrong. */
-static const char *read_start(void)
+/* The start packet of n bytes (n may exceed MAX_PACKET: MSG_TRUNC). */
+static const char *parse_start_packet(ssize_t n)
 {
-    start_packet = malloc(MAX_PACKET + 1);
-    if (!start_packet)
-        return "out of memory";
-    ssize_t n;
-    do
-        n = recv(CHANNEL, start_packet, MAX_PACKET, MSG_TRUNC);
-    while (n < 0 && errno == EINTR);
-    if (n <= 0)
-        return "no start message from turnstiled";
     if (n > MAX_PACKET)
         return "start: message too long";
     start_packet[n] = '\0';
@@ -304,6 +304,49 @@ static const char *read_start(void)
     if (strcmp(start_packet, "start") || (size_t)n <= vlen + 1)
         return "the first message is not start";
     return parse_start(start_packet + vlen + 1, (size_t)n - vlen - 1);
+}
+
+/* Waits for the start packet: 1 if the daemon let this holder go first
+ * (end of channel, or a stop signal on sfd), else 0 with the packet read
+ * or a problem in *problem. */
+static int read_start(int sfd, const char **problem)
+{
+    *problem = NULL;
+    start_packet = malloc(MAX_PACKET + 1);
+    if (!start_packet) {
+        *problem = "out of memory";
+        return 0;
+    }
+    struct pollfd fds[2] = {{.fd = CHANNEL, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
+    for (;;) {
+        fds[0].revents = fds[1].revents = 0;
+        if (poll(fds, 2, -1) < 0 && errno != EINTR) {
+            *problem = "poll failed before start";
+            return 0;
+        }
+        if (fds[1].revents & POLLIN) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si)
+                if (si.ssi_signo != SIGCHLD)
+                    return 1;
+        }
+        if (fds[0].revents)
+            break;
+    }
+    ssize_t n;
+    do
+        n = recv(CHANNEL, start_packet, MAX_PACKET, MSG_TRUNC);
+    while (n < 0 && errno == EINTR);
+    if (n == 0)
+        return 1;
+    if (n < 0) {
+        static char why[128];
+        snprintf(why, sizeof why, "cannot read the channel: %s", strerror(errno));
+        *problem = why;
+        return 0;
+    }
+    *problem = parse_start_packet(n);
+    return 0;
 }
 
 /* -- the manager's PAM session */
@@ -322,24 +365,47 @@ static int silent_conv(int n, const struct pam_message **msg, struct pam_respons
 
 static const struct pam_conv conv = {silent_conv, NULL};
 
+/* The PAM stack loaded at start-up (argv), before the user is known. */
+static const char *preloaded_service = "", *preloaded_dir = "";
+
+static int start_stack(const char *service, const char *dir, const char *user)
+{
+    int rc;
+    if (*dir)
+        rc = pam_start_confdir(service, user, &conv, dir, &pamh);
+    else
+        rc = pam_start(service, user, &conv, &pamh);
+    if (rc != PAM_SUCCESS)
+        pamh = NULL;
+    return rc;
+}
+
 static const char *open_session(char ***env)
 {
     static char why[256];
     int rc;
     *env = NULL;
+    if (pamh && (strcmp(spec.pam_service, preloaded_service)
+                 || strcmp(spec.pam_dir, preloaded_dir))) {
+        pam_end(pamh, PAM_SUCCESS);  /* another stack than the start's */
+        pamh = NULL;
+    }
     if (!*spec.pam_service)
         return NULL;
-    if (*spec.pam_dir)
-        rc = pam_start_confdir(spec.pam_service, spec.user, &conv, spec.pam_dir, &pamh);
+    const char *stage = pamh ? "pam_set_item" : "pam_start";
+    if (pamh)
+        rc = pam_set_item(pamh, PAM_USER, spec.user);
     else
-        rc = pam_start(spec.pam_service, spec.user, &conv, &pamh);
+        rc = start_stack(spec.pam_service, spec.pam_dir, spec.user);
     if (rc != PAM_SUCCESS) {
-        snprintf(why, sizeof why, "pam_start(%s): %s", spec.pam_service,
-                 pam_strerror(NULL, rc));
+        snprintf(why, sizeof why, "%s(%s): %s", stage, spec.pam_service,
+                 pam_strerror(pamh, rc));
+        if (pamh)
+            pam_end(pamh, rc);
         pamh = NULL;
         return why;
     }
-    const char *stage = "pam_acct_mgmt";
+    stage = "pam_acct_mgmt";
     rc = pam_acct_mgmt(pamh, PAM_SILENT);
     if (rc == PAM_NEW_AUTHTOK_REQD)
         rc = PAM_SUCCESS;  /* the password is the login's business */
@@ -1021,7 +1087,7 @@ static void run_loop(int sfd)
     }
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) {
         say("prctl(PR_SET_CHILD_SUBREAPER): %s", strerror(errno));
@@ -1032,10 +1098,23 @@ int main(void)
         say("signalfd: %s", strerror(errno));
         return 1;
     }
-    const char *problem = read_start();
+    if (argc > 1 && *argv[1]) {
+        /* Loaded while the daemon has nothing for us yet; a failure here
+         * is reported, if the start asks for this stack, by a second try. */
+        preloaded_service = argv[1];
+        preloaded_dir = argc > 2 ? argv[2] : "";
+        start_stack(preloaded_service, preloaded_dir, NULL);
+    }
+    const char *problem;
+    if (read_start(sfd, &problem)) {
+        if (pamh)
+            pam_end(pamh, PAM_SUCCESS);
+        return 0;
+    }
     if (problem) {
         say("%s", problem);
         send_event("error", problem);
+        close_session();
         send_event("gone", NULL);
         return 1;
     }

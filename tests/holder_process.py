@@ -29,14 +29,15 @@ class Holder:
     """One holder started as the daemon starts it: channel on fd 3, stdin
     /dev/null, output to a log file."""
 
-    def __init__(self, sandbox: Path, spec: dict[str, object], wrapper: list[str] = ()) -> None:
+    def __init__(self, sandbox: Path, spec: dict[str, object], wrapper: list[str] = (),
+                 args: list[str] = ()) -> None:
         self.log_path = sandbox / f"holder-{time.monotonic_ns()}.log"
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fd = theirs.fileno()
         if fd == 3:
             fd = os.dup(fd)
         log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT, 0o644)
-        argv = [*wrapper, str(build_holder())]
+        argv = [*wrapper, str(build_holder()), *args]
         self.pid = os.posix_spawn(argv[0], argv, {"PATH": "/usr/bin:/bin"}, file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, log, 1), (os.POSIX_SPAWN_DUP2, log, 2),
@@ -159,8 +160,9 @@ class Setup:
         spec.update(overrides)
         return spec
 
-    def start(self, holders: list[Holder], wrapper: list[str] = (), **overrides) -> Holder:
-        h = Holder(self.sandbox, self.spec(**overrides), wrapper)
+    def start(self, holders: list[Holder], wrapper: list[str] = (), args: list[str] = (),
+              **overrides) -> Holder:
+        h = Holder(self.sandbox, self.spec(**overrides), wrapper, args)
         holders.append(h)
         return h
 

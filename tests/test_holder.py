@@ -142,6 +142,61 @@ def test_the_environment_of_the_managers_pam_session_wins(setup, holders, test_u
     stop_and_wait(h, test_user)
 
 
+def _maps(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def test_the_stack_named_on_the_command_line_is_loaded_before_start(setup, holders,
+                                                                    test_user, sandbox):
+    # Loaded before start: an edit made after it is not seen (which is why
+    # the daemon lets a spare loaded before an edit go).
+    write(sandbox / "env.conf", "FROM_PAM DEFAULT=loaded\n")
+    setup.pam(f"session required pam_env.so conffile={sandbox}/env.conf readenv=0\n"
+              + STOCK_SESSION)
+    h = Holder(setup.sandbox, {}, args=["mgr", str(setup.pam_dir)])
+    holders.append(h)
+    wait_for(lambda: "pam_env.so" in _maps(h.pid), 5, what="the stack to be loaded")
+    setup.pam("session required pam_deny.so")
+    h.send("start", *(f"{k}={v}" for k, v in setup.spec().items()))
+    _manager_execd(h)
+    assert read_kv(setup.out / "run.env")["FROM_PAM"] == "loaded"
+    stop_and_wait(h, test_user)
+
+
+def test_a_start_naming_another_stack_loads_that_one(setup, holders, test_user, sandbox):
+    write(setup.pam_dir / "other", "auth required pam_deny.so\naccount required pam_deny.so\n"
+          "session required pam_deny.so\n")
+    write(sandbox / "env.conf", "FROM_PAM DEFAULT=mgr\n")
+    setup.pam(f"session required pam_env.so conffile={sandbox}/env.conf readenv=0\n"
+              + STOCK_SESSION)
+    h = setup.start(holders, args=["other", str(setup.pam_dir)])
+    _manager_execd(h)
+    assert read_kv(setup.out / "run.env")["FROM_PAM"] == "mgr"
+    stop_and_wait(h, test_user)
+    # And the other way round: the start's stack refuses.
+    h = setup.start(holders, args=["mgr", str(setup.pam_dir)], pam_service="other")
+    verb, msg = h.event()
+    assert verb == "error" and "(other)" in msg, (verb, msg)
+    assert h.until("gone") == [("gone", "")]
+
+
+@pytest.mark.parametrize("how", ["end of channel", "SIGTERM"])
+def test_a_holder_let_go_before_start_exits_quietly(setup, holders, how):
+    h = Holder(setup.sandbox, {}, args=["mgr", str(setup.pam_dir)])
+    holders.append(h)
+    wait_for(lambda: "pam_permit.so" in _maps(h.pid), 5, what="the stack to be loaded")
+    if how == "SIGTERM":
+        os.kill(h.pid, signal.SIGTERM)
+    else:
+        h.sock.close()
+    assert h.wait() == 0
+    assert h.log() == ""
+
+
 def test_the_managers_pam_session_lasts_until_its_last_process(setup, holders, test_user,
                                                               sandbox):
     marks = sandbox / "marks"
@@ -369,10 +424,14 @@ def test_fuzzed_commands_never_break_the_holder(setup, holders, test_user):
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
-def test_a_whole_run_is_valgrind_clean(setup, holders, test_user, sandbox):
+@pytest.mark.parametrize("preloaded", ["none", "the start's", "another"])
+def test_a_whole_run_is_valgrind_clean(setup, holders, test_user, sandbox, preloaded):
     setup.pam(STOCK_SESSION)
+    write(setup.pam_dir / "other", "session required pam_permit.so\n")
+    args = {"none": [], "the start's": ["mgr", str(setup.pam_dir)],
+            "another": ["other", str(setup.pam_dir)]}[preloaded]
     vlog = sandbox / "valgrind.log"
-    h = setup.start(holders, wrapper=[
+    h = setup.start(holders, args=args, wrapper=[
         shutil.which("valgrind"), "--error-exitcode=99", "--leak-check=full",
         "--errors-for-leak-kinds=definite", "--child-silent-after-fork=yes",
         f"--log-file={vlog}"])
