@@ -57,6 +57,7 @@ test: setup all
 
 bench: setup all
 	$(VPYTHON) bench/login.py
+	$(VPYTHON) bench/spare.py
 	$(VPYTHON) bench/scale.py
 	$(VPYTHON) bench/burst.py
 	$(VPYTHON) bench/restart.py

@@ -3,7 +3,8 @@
     bench/scale.py [--users 40] [--backend runit|none]
 
 Starts a sandboxed daemon, measures the root side idle (PSS summed over the
-daemon and every root process below it: the fd store, the holders), logs in N distinct
+daemon and every root process below it: the fd store, the holders, the
+spare holder a backend with managers keeps), logs in N distinct
 users with one session each (one trivial core service each) and measures
 again. The users' own managers and services are not counted: they are the
 users'. Per-process cost is Pss from /proc/PID/smaps_rollup. Run as root;
@@ -47,11 +48,12 @@ def main() -> int:
                 holders = {p: kb for p, kb in held.items() if p != sb.daemon.pid}
                 print(f"backend {args.backend}, {n} users, one session each "
                       f"({len(sessions)} logged in)")
-                print(f"root side idle (daemon, fd store)  {idle_total / 1024:8.2f} MB")
+                print(f"root side idle (daemon, fd store, spare holder) "
+                      f"{idle_total / 1024:8.2f} MB")
                 print(f"root side at {n} users             {total / 1024:8.2f} MB")
                 print(f"  daemon                            {held[sb.daemon.pid] / 1024:8.2f} MB")
                 if holders:
-                    print(f"  holders and fd store: {len(holders)}, each "
+                    print(f"  holders (the spare too) and fd store: {len(holders)}, each "
                           f"{sum(holders.values()) / len(holders):8.0f} kB")
                 print(f"per user ((total - idle) / {n})      "
                       f"{(total - idle_total) / n:8.0f} kB")

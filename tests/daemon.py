@@ -40,7 +40,11 @@ class Daemon:
         self.socket_path = config.get("socket_path", "")
         self.admin_socket_path = config.get("admin_socket_path", "")
         self.state_dir = Path(config.get("state_dir", "/run/turnstiled"))
-        self.service_dir = sandbox / "pam.d"
+        # The login services the tests write, apart from the manager's
+        # stack (pam.d): a file added there would make the spare holder
+        # stale (turnstiled/children.py), as an edit of /etc/pam.d does.
+        self.service_dir = sandbox / "login.pam.d"
+        self.service_dir.mkdir(mode=0o755, exist_ok=True)
 
     @property
     def pid(self) -> int:

@@ -100,12 +100,13 @@ def _start_time(pid: int) -> str | None:
 
 
 def holders(d) -> set[tuple[int, str]]:
-    """(pid, start time) of each holder d started: while d runs, its
-    children named for the holder."""
+    """(pid, start time) of each holder d started for a manager: while d
+    runs, its children named for the holder that have a child (the spare
+    runs nothing, and ends with its daemon)."""
     found = set()
     for pid, comm in children_of(d.pid):
         start = _start_time(pid)
-        if comm.startswith("turnstiled-hol") and start is not None:
+        if comm.startswith("turnstiled-hol") and start is not None and children_of(pid):
             found.add((pid, start))
     return found
 

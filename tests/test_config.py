@@ -26,6 +26,7 @@ linger_dir = /x/linger
 backend_dir = /x/backends
 pam_service =
 pam_dir = /x/pam.d
+spare_holder = no
 """
 
 
@@ -38,7 +39,7 @@ def test_every_key_is_read():
         login_timeout=2.5, root_session=True, user_stop_delay=0.0,
         socket_path="/x/control.sock", admin_socket_path="/x/admin.sock",
         state_dir="/x/state", linger_dir="/x/linger", backend_dir="/x/backends",
-        pam_service="", pam_dir="/x/pam.d", path="t.conf")
+        pam_service="", pam_dir="/x/pam.d", spare_holder=False, path="t.conf")
 
 
 def test_defaults_match_upstream():

@@ -13,8 +13,10 @@ from runit import Services, runsvdirs
 
 
 def holders(daemon_pid: int) -> list[int]:
-    """The daemon's children that are holders."""
-    return [pid for pid, comm in children_of(daemon_pid) if comm.startswith("turnstiled-hold")]
+    """The daemon's children that are holders of a manager (not the spare,
+    which runs nothing yet)."""
+    return [pid for pid, comm in children_of(daemon_pid)
+            if comm.startswith("turnstiled-hold") and children_of(pid)]
 
 
 def services(user) -> Services:

@@ -10,6 +10,17 @@ never outlive its holder, nor run beside its successor.
 
 One SIGCHLD handler on the loop reaps every child; holders' exits go to
 whoever spawned them.
+
+A spare holder. A holder takes milliseconds to become useful: its exec and
+libraries, and the PAM stack of the manager's session (pam_start loads
+every module of the service). So the daemon keeps one holder started and
+waiting, its stack loaded (turnstiled-holder loads the one named on its
+command line before its start message comes), and a cold login takes it
+instead of starting one: that time is off the login's path. A new spare
+is started a moment after one is taken, away from the login in progress.
+A spare is used only while its stamp (the PAM files' times) is unchanged:
+one loaded before an edit of the stack is let go, and the login starts a
+holder afresh.
 """
 
 from __future__ import annotations
@@ -17,16 +28,20 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Sequence
 
 from . import libc
-from .loop import Loop, current
+from .loop import Loop, Timer, current
 
 log = logging.getLogger("turnstiled")
 
 # Signals Python ignores that a spawned program must not inherit ignored.
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+# How long after a spare is taken the next one starts: after the login
+# that took it has gone on (its holder's exec and PAM session, its run).
+SPARE_DELAY = 0.25
 
 
 def wait_status(status: int) -> int:
@@ -163,11 +178,23 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+class _Spare:
+    """A holder started ahead: what it runs and the stamp it was made under."""
+
+    def __init__(self, pid: int, sock: socket.socket, command: tuple[str, ...],
+                 stamp: object) -> None:
+        self.pid, self.sock, self.command, self.stamp = pid, sock, command, stamp
+
+
 class Children:
     """Spawns holders and reaps every child of the daemon."""
 
     def __init__(self) -> None:
         self._exits: dict[int, Callable[[int], None]] = {}
+        self._spare: _Spare | None = None
+        # What keep_spare asked for: the command and its stamp's source.
+        self._spare_wanted: tuple[tuple[str, ...], Callable[[], object]] | None = None
+        self._spare_timer: Timer | None = None
 
     def attach(self, loop: Loop) -> None:
         libc.set_child_subreaper()
@@ -191,6 +218,83 @@ class Children:
             setsid=True, setsigdef=_RESET_SIGNALS)
         self._exits[pid] = on_exit
         return pid
+
+    def holder(self, path: str, args: Sequence[str],
+               on_exit: Callable[[int], None]) -> tuple[int, socket.socket]:
+        """A holder running path with args, and our end of its channel: the
+        spare, if it runs the same and its stamp still holds, else one
+        started now. OSError if none can be started."""
+        command = (path, *args)
+        spare, self._spare = self._spare, None
+        self._spare_soon()
+        if spare is not None:
+            if spare.command == command and spare.stamp == self._stamp():
+                self._exits[spare.pid] = on_exit
+                return spare.pid, spare.sock
+            log.debug("spare holder %d let go: its PAM stack may be stale", spare.pid)
+            spare.sock.close()  # it exits
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = self.spawn(path, theirs.fileno(), on_exit, args)
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return pid, ours
+
+    def keep_spare(self, path: str, args: Sequence[str], stamp: Callable[[], object]) -> None:
+        """From now on keep one holder (path args) started ahead of the next
+        holder(); stamp() is taken when it starts and must be the same when
+        it is used."""
+        self._spare_wanted = ((path, *args), stamp)
+        self._start_spare()
+
+    def drop_spare(self) -> None:
+        """No spare any more (the daemon is on its way out): the one there
+        sees its channel end and exits."""
+        self._spare_wanted = None
+        if self._spare_timer is not None:
+            self._spare_timer.cancel()
+            self._spare_timer = None
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.sock.close()
+
+    def _stamp(self) -> object:
+        return self._spare_wanted[1]() if self._spare_wanted is not None else None
+
+    def _spare_soon(self) -> None:
+        if self._spare_wanted is not None and self._spare_timer is None:
+            self._spare_timer = current().call_later(SPARE_DELAY, self._start_spare)
+
+    def _start_spare(self) -> None:
+        self._spare_timer = None
+        if self._spare is not None or self._spare_wanted is None:
+            return
+        path, *args = self._spare_wanted[0]
+        stamp = self._stamp()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = self.spawn(path, theirs.fileno(), lambda status: None, args)
+        except OSError as err:
+            # Not again until a holder is asked for: that one will fail
+            # too, and say why where it matters.
+            log.debug("cannot start a spare holder: %s", err)
+            ours.close()
+            return
+        finally:
+            theirs.close()
+        self._exits[pid] = lambda status: self._spare_exited(pid, status)
+        self._spare = _Spare(pid, ours, (path, *args), stamp)
+
+    def _spare_exited(self, pid: int, status: int) -> None:
+        # Killed while it waited (a stray kill): started again when the next
+        # holder is taken, not in a loop.
+        if self._spare is not None and self._spare.pid == pid:
+            log.debug("spare holder %d exited with status %d", pid, status)
+            self._spare.sock.close()
+            self._spare = None
 
     def reap(self) -> None:
         orphans_died = False

@@ -33,6 +33,8 @@ class Config:
     linger_dir: str = "/var/lib/turnstiled/linger"
     backend_dir: str = "/usr/libexec/turnstiled"
     holder_path: str = "/usr/libexec/turnstiled/turnstiled-holder"
+    # One holder kept started for the next cold login (turnstiled/children.py).
+    spare_holder: bool = True
     fdstore_path: str = "/usr/libexec/turnstiled/turnstiled-fdstore"
     adopt_timeout: float = 60.0
     pam_service: str = "turnstiled"
@@ -194,6 +196,7 @@ _PARSERS = {
     "linger_dir": _abspath,
     "backend_dir": _abspath,
     "holder_path": _abspath,
+    "spare_holder": _bool,
     "fdstore_path": _abspath,
     "adopt_timeout": _seconds,
     "pam_service": _pam_service,

@@ -17,7 +17,7 @@ import os
 import resource
 import signal
 
-from . import __version__, libc, linger, tracking
+from . import __version__, holderlink, libc, linger, tracking
 from .admin import AdminServer
 from .children import Children
 from .config import Config
@@ -126,6 +126,10 @@ def _serve(config: Config, loop: Loop) -> None:
     api = _start_login1(config, registry, seats)
     admin_server = AdminServer(registry, seats, api.status)
     admin_server.listen(listen_unix(config.admin_socket_path, 0o666))
+    if config.spare_holder and config.backend != "none":
+        # The first cold login takes it (turnstiled/children.py).
+        children.keep_spare(config.holder_path, holderlink.command_args(config),
+                            lambda: holderlink.pam_stamp(config))
     # The control socket last: once it listens, the whole daemon is up.
     control.listen(listen_unix(config.socket_path, 0o666))
 
@@ -156,6 +160,7 @@ def _serve(config: Config, loop: Loop) -> None:
     libc.release_free_heap()
 
     loop.run()
+    children.drop_spare()
     control.close()
     admin_server.close()
     api.close()

@@ -6,6 +6,9 @@ second command."""
 
 from __future__ import annotations
 
+import os
+
+from .config import Config
 from .users import User
 
 # The channel's version: raised with any change to the packets either side
@@ -27,6 +30,28 @@ def encode(verb: str, *fields: str) -> bytes:
     if len(packet) > MAX_PACKET:
         raise LinkError(f"{verb}: packet of {len(packet)} bytes is over {MAX_PACKET}")
     return packet
+
+
+def command_args(config: Config) -> list[str]:
+    """The holder's arguments: the PAM stack it loads while it waits."""
+    return [config.pam_service, config.pam_dir] if config.pam_service else []
+
+
+def pam_stamp(config: Config) -> object:
+    """What changes when the manager's PAM stack may have: the times of the
+    service file and its directory (an editor that renames into place, a
+    package that adds a file, changes the directory's). A spare holder
+    loaded under another stamp is not used."""
+    directory = config.pam_dir or "/etc/pam.d"
+    stamp = []
+    for path in (directory, os.path.join(directory, config.pam_service)):
+        try:
+            st = os.stat(path)
+        except OSError:
+            stamp.append(None)
+        else:
+            stamp.append((st.st_ino, st.st_mtime_ns))
+    return tuple(stamp)
 
 
 def start_packet(user: User, rundir: str, backend: str, fifo: str, srvdir: str,

@@ -222,15 +222,8 @@ class Manager:
             self.user, self.rundir, self.backend, fifo, srvdir, self.config.backend_conf_dir,
             self.config.pam_service, self.config.pam_dir, STOP_TIMEOUT, self.nofile,
             self.group.path if self.group is not None else "")
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            self._holder_pid = self.children.spawn(self.config.holder_path, theirs.fileno(),
-                                                   self._holder_exited)
-        except OSError:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
+        self._holder_pid, ours = self.children.holder(
+            self.config.holder_path, holderlink.command_args(self.config), self._holder_exited)
         ours.setblocking(False)
         self._channel = ours
         loop = current()
