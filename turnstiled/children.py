@@ -233,6 +233,10 @@ class Children:
                 return spare.pid, spare.sock
             log.debug("spare holder %d let go: its PAM stack may be stale", spare.pid)
             spare.sock.close()  # it exits
+        return self._spawn_with_channel(path, args, on_exit)
+
+    def _spawn_with_channel(self, path: str, args: Sequence[str],
+                            on_exit: Callable[[int], None]) -> tuple[int, socket.socket]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             pid = self.spawn(path, theirs.fileno(), on_exit, args)
@@ -272,21 +276,17 @@ class Children:
         self._spare_timer = None
         if self._spare is not None or self._spare_wanted is None:
             return
-        path, *args = self._spare_wanted[0]
+        command = self._spare_wanted[0]
         stamp = self._stamp()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            pid = self.spawn(path, theirs.fileno(), lambda status: None, args)
+            pid, ours = self._spawn_with_channel(command[0], command[1:], lambda status: None)
         except OSError as err:
             # Not again until a holder is asked for: that one will fail
             # too, and say why where it matters.
             log.debug("cannot start a spare holder: %s", err)
-            ours.close()
             return
-        finally:
-            theirs.close()
         self._exits[pid] = lambda status: self._spare_exited(pid, status)
-        self._spare = _Spare(pid, ours, (path, *args), stamp)
+        self._spare = _Spare(pid, ours, command, stamp)
 
     def _spare_exited(self, pid: int, status: int) -> None:
         # Killed while it waited (a stray kill): started again when the next
