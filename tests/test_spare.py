@@ -5,9 +5,11 @@ runit, real users."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 
 import pytest
+from c_parts import build_holder
 from helpers import children_of, status_of, wait_for, wait_gone
 from pamclient import PamFailure, PamLogin
 from runit import Services, runsvdirs
@@ -72,6 +74,23 @@ def test_an_edit_of_the_managers_pam_stack_reaches_the_next_login(daemon, test_u
             pam.open()
     assert "pam_open_session(turnstiled)" in d.log()
     wait_for(lambda: spare not in spares(d.pid), 5, what="the stale spare to exit")
+    wait_gone(test_user.uid, 15)
+
+
+def test_a_spare_of_a_replaced_holder_program_is_not_used(daemon, sandbox, test_user,
+                                                          one_service, pam_module):
+    program = sandbox / "turnstiled-holder"
+    shutil.copy(build_holder(), program)
+    d = daemon(backend="runit", holder_path=str(program))
+    spare = the_spare(d.pid)
+    # As a package upgrade does: the new program is renamed into place.
+    shutil.copy(build_holder(), sandbox / "new-holder")
+    os.rename(sandbox / "new-holder", program)
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        pam.open()
+        assert holder_of_manager(test_user.uid) != spare
+        pam.close()
+    wait_for(lambda: spare not in spares(d.pid), 5, what="the old spare to exit")
     wait_gone(test_user.uid, 15)
 
 

@@ -18,9 +18,10 @@ waiting, its stack loaded (turnstiled-holder loads the one named on its
 command line before its start message comes), and a cold login takes it
 instead of starting one: that time is off the login's path. A new spare
 is started a moment after one is taken, away from the login in progress.
-A spare is used only while its stamp (the PAM files' times) is unchanged:
-one loaded before an edit of the stack is let go, and the login starts a
-holder afresh.
+A spare is used only while its stamp (the times of the holder program and
+of the PAM files) is unchanged: one started before an upgrade of the
+holder or an edit of the stack is let go, and the login starts a holder
+afresh.
 """
 
 from __future__ import annotations
@@ -231,7 +232,7 @@ class Children:
             if spare.command == command and spare.stamp == self._stamp():
                 self._exits[spare.pid] = on_exit
                 return spare.pid, spare.sock
-            log.debug("spare holder %d let go: its PAM stack may be stale", spare.pid)
+            log.debug("spare holder %d let go: its program or PAM stack changed", spare.pid)
             spare.sock.close()  # it exits
         return self._spawn_with_channel(path, args, on_exit)
 

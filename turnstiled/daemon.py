@@ -129,7 +129,7 @@ def _serve(config: Config, loop: Loop) -> None:
     if config.spare_holder and config.backend != "none":
         # The first cold login takes it (turnstiled/children.py).
         children.keep_spare(config.holder_path, holderlink.command_args(config),
-                            lambda: holderlink.pam_stamp(config))
+                            lambda: holderlink.spare_stamp(config))
     # The control socket last: once it listens, the whole daemon is up.
     control.listen(listen_unix(config.socket_path, 0o666))
 

@@ -37,14 +37,17 @@ def command_args(config: Config) -> list[str]:
     return [config.pam_service, config.pam_dir] if config.pam_service else []
 
 
-def pam_stamp(config: Config) -> object:
-    """What changes when the manager's PAM stack may have: the times of the
-    service file and its directory (an editor that renames into place, a
-    package that adds a file, changes the directory's). A spare holder
-    loaded under another stamp is not used."""
+def spare_stamp(config: Config) -> object:
+    """What changes when a spare holder may no longer be what a holder
+    started now would be: the holder program itself (an upgrade replaces
+    it), and the manager's PAM stack, seen in the times of the service
+    file and its directory (an editor that renames into place, a package
+    that adds a file, changes the directory's). A spare started under
+    another stamp is not used."""
     directory = config.pam_dir or "/etc/pam.d"
     stamp = []
-    for path in (directory, os.path.join(directory, config.pam_service)):
+    for path in (config.holder_path, directory,
+                 os.path.join(directory, config.pam_service)):
         try:
             st = os.stat(path)
         except OSError:
