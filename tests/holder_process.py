@@ -48,7 +48,10 @@ class Holder:
         theirs.close()
         self.status: int | None = None
         if spec:
-            self.send("start", *(f"{k}={v}" for k, v in spec.items()))
+            self.send_start(spec)
+
+    def send_start(self, spec: dict[str, object]) -> None:
+        self.send("start", *(f"{k}={v}" for k, v in spec.items()))
 
     def send(self, *fields: str | bytes) -> None:
         self.sock.send(b"\0".join(f if isinstance(f, bytes) else f.encode() for f in fields))

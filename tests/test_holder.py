@@ -161,7 +161,7 @@ def test_the_stack_named_on_the_command_line_is_loaded_before_start(setup, holde
     holders.append(h)
     wait_for(lambda: "pam_env.so" in _maps(h.pid), 5, what="the stack to be loaded")
     setup.pam("session required pam_deny.so")
-    h.send("start", *(f"{k}={v}" for k, v in setup.spec().items()))
+    h.send_start(setup.spec())
     _manager_execd(h)
     assert read_kv(setup.out / "run.env")["FROM_PAM"] == "loaded"
     stop_and_wait(h, test_user)

@@ -10,9 +10,9 @@ import signal
 
 import pytest
 from c_parts import build_holder
-from helpers import children_of, status_of, wait_for, wait_gone
+from helpers import children_of, proc_state, status_of, wait_for, wait_gone
 from pamclient import PamFailure, PamLogin
-from runit import Services, runsvdirs
+from runit import Services, one_core_service, runsvdirs
 
 
 def spares(daemon_pid: int) -> list[int]:
@@ -27,13 +27,6 @@ def the_spare(daemon_pid: int, other_than: int = 0) -> int:
     return pid
 
 
-def running(pid: int) -> bool:
-    try:
-        return status_of(pid)["State"][0] not in "ZX"
-    except OSError:
-        return False
-
-
 def holder_of_manager(uid: int) -> int:
     [manager] = wait_for(lambda: runsvdirs(uid), 10, what="the user's runsvdir")
     return int(status_of(manager)["PPid"])
@@ -41,11 +34,7 @@ def holder_of_manager(uid: int) -> int:
 
 @pytest.fixture
 def one_service(test_user) -> Services:
-    sv = Services(test_user)
-    sv.add("a", "exec sleep infinity")
-    sv.core("a")
-    sv.own()
-    return sv
+    return one_core_service(test_user)
 
 
 def test_a_cold_login_takes_the_spare_and_a_new_one_is_started(daemon, test_user,
@@ -115,7 +104,7 @@ def test_the_spare_ends_with_the_daemon(daemon, sig):
     spare = the_spare(d.pid)
     os.kill(d.pid, sig)
     assert d.proc.wait(15) == 0
-    wait_for(lambda: not running(spare), 5, what="the spare to exit")
+    wait_for(lambda: proc_state(spare) in (None, "Z", "X"), 5, what="the spare to exit")
     assert "spare" not in d.log()  # nothing to report: it ran nothing
 
 

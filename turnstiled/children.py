@@ -286,6 +286,7 @@ class Children:
             # too, and say why where it matters.
             log.debug("cannot start a spare holder: %s", err)
             return
+        # Its exit handler needs its pid, known only now.
         self._exits[pid] = lambda status: self._spare_exited(pid, status)
         self._spare = _Spare(pid, ours, command, stamp)
 
