@@ -14,6 +14,9 @@ Prints, for the backend:
   same services, until runsv reports all of them running (no PAM, no
   daemon, no readiness protocol). Cold minus floor (the difference of the
   medians, printed too) is what turnstiled adds.
+- dinit floor, likewise: the shell sourcing /etc/profile and exec'ing
+  `dinit --user` on the same services, named on its command line, until
+  each has exec'd (what makes dinit call a process service started).
 Run as root on an otherwise idle machine; it creates and removes a user.
 """
 
@@ -46,6 +49,33 @@ def running(stat: str) -> bool:
             return f.read().startswith("run")
     except OSError:
         return False
+
+
+def services_execd(pid: int, program: str, count: int) -> bool:
+    """Whether pid has count children, each of them running program."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = f.read().split()
+        if len(children) != count:
+            return False
+        for child in children:
+            with open(f"/proc/{child}/comm") as f:
+                if f.read().strip() != program:
+                    return False
+    except OSError:
+        return False
+    return True
+
+
+def dinit_program(dinit_path: str) -> str:
+    """dinit as the backend finds it: in dinit_path (a directory, or the
+    program itself), else on PATH."""
+    if os.path.isfile(dinit_path):
+        return dinit_path
+    found = shutil.which("dinit", path=dinit_path or None)
+    if found is None:
+        raise SystemExit("no dinit: name its directory with --dinit-path")
+    return found
 
 
 class Bench:
@@ -87,7 +117,7 @@ class Bench:
             gones.append(time.perf_counter() - t1)
         return opens, gones
 
-    def floor(self, runs: int) -> list[float]:
+    def floor_runit(self, runs: int) -> list[float]:
         u = self.user
         svdir = os.path.join(u.pw_dir, ".config", "service")
         names = [n for n in os.listdir(svdir) if os.path.isfile(f"{svdir}/{n}/run")]
@@ -105,6 +135,31 @@ class Bench:
                 time.sleep(0.0002)
             samples.append(time.perf_counter() - t0)
             proc.send_signal(signal.SIGHUP)
+            proc.wait()
+            while uid_processes(u.pw_uid):
+                time.sleep(0.01)
+        return samples
+
+    def floor_dinit(self, runs: int, dinit: str) -> list[float]:
+        u = self.user
+        d = os.path.join(u.pw_dir, ".config", "dinit.d")
+        names = sorted(n for n in os.listdir(d) if os.path.isfile(f"{d}/{n}"))
+        sock = os.path.join(u.pw_dir, ".floor-dinitctl")  # the user's to make
+        samples = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", '. /etc/profile; exec "$0" "$@"', dinit, "--user",
+                 "--services-dir", d, "--socket-path", sock, "--quiet", *names],
+                user=u.pw_uid, group=u.pw_gid, extra_groups=[], cwd=u.pw_dir,
+                env={"HOME": u.pw_dir, "PATH": "/usr/bin:/bin"},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while not services_execd(proc.pid, "sleep", len(names)):
+                if proc.poll() is not None:
+                    raise SystemExit(f"the dinit floor's dinit exited ({proc.returncode})")
+                time.sleep(0.0002)
+            samples.append(time.perf_counter() - t0)
+            proc.terminate()
             proc.wait()
             while uid_processes(u.pw_uid):
                 time.sleep(0.01)
@@ -168,9 +223,15 @@ def main() -> int:
                 opens_by_core[core] = opens
                 figures(f"cold login, {core} core services", opens)
                 figures(f"logout to manager gone, {core} core", gones)
+            floor = None
             if args.backend == "runit":
-                floor = bench.floor(args.runs)
+                floor = bench.floor_runit(args.runs)
                 figures("runit floor, 3 core services", floor)
+            elif args.backend == "dinit":
+                dinit = dinit_program(args.dinit_path)
+                floor = bench.floor_dinit(args.runs, dinit)
+                figures("dinit floor, 3 core services", floor)
+            if floor is not None:
                 # What turnstiled adds, a figure that travels between hosts
                 # better than either of the two it comes from.
                 added = statistics.median(opens_by_core[3]) - statistics.median(floor)
