@@ -67,6 +67,17 @@ def services_execd(pid: int, program: str, count: int) -> bool:
     return True
 
 
+def floor_waits(proc: subprocess.Popen, since: float, manager: str) -> None:
+    """A moment of a floor's wait; ends the bench if its manager exited or
+    its services are not up after 10 s."""
+    if proc.poll() is not None:
+        raise SystemExit(f"the floor's {manager} exited with status {proc.returncode}")
+    if time.perf_counter() - since > 10:
+        proc.kill()
+        raise SystemExit(f"the floor's services were not up after 10 s under {manager}")
+    time.sleep(0.0002)
+
+
 def dinit_program(dinit_path: str) -> str:
     """dinit as the backend finds it: in dinit_path (a directory, or the
     program itself), else on PATH."""
@@ -132,7 +143,7 @@ class Bench:
                 user=u.pw_uid, group=u.pw_gid, extra_groups=[], cwd=u.pw_dir,
                 env={"HOME": u.pw_dir, "PATH": "/usr/bin:/bin"})
             while not all(running(f"{svdir}/{n}/supervise/stat") for n in names):
-                time.sleep(0.0002)
+                floor_waits(proc, t0, "runsvdir")
             samples.append(time.perf_counter() - t0)
             proc.send_signal(signal.SIGHUP)
             proc.wait()
@@ -155,9 +166,7 @@ class Bench:
                 env={"HOME": u.pw_dir, "PATH": "/usr/bin:/bin"},
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while not services_execd(proc.pid, "sleep", len(names)):
-                if proc.poll() is not None:
-                    raise SystemExit(f"the dinit floor's dinit exited ({proc.returncode})")
-                time.sleep(0.0002)
+                floor_waits(proc, t0, "dinit")
             samples.append(time.perf_counter() - t0)
             proc.terminate()
             proc.wait()
