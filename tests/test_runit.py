@@ -195,6 +195,24 @@ def test_a_stale_run_status_does_not_count_as_up(runit_daemon, test_user, pam_mo
     wait_gone(test_user.uid, 15)
 
 
+def test_a_fifo_for_a_status_file_does_not_hold_the_login(runit_daemon, test_user,
+                                                          pam_module):
+    # The backend reads each status file before runsvdir starts: a fifo in
+    # its place (nothing writes it) must be passed over, not read.
+    sv = Services(test_user)
+    sv.add("a", "exec sleep infinity")
+    sv.core("a")
+    d_odd = sv.add("odd", "exec sleep infinity")
+    os.makedirs(f"{d_odd}/supervise")
+    os.mkfifo(f"{d_odd}/supervise/stat")
+    sv.own()
+    d = runit_daemon(login_timeout=3)
+    with PamLogin(d.login_service(), test_user.name, d.service_dir) as pam:
+        pam.open()
+        assert d.state_of(test_user.uid) == "ready"
+    wait_gone(test_user.uid, 15)
+
+
 def _kill_the_manager(d, user, restarts: bool) -> None:
     """SIGKILLs user's runsvdir; with restarts, waits for a new one, ready."""
     [old] = wait_for(lambda: runsvdirs(user.uid), 10)
