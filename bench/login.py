@@ -15,8 +15,9 @@ Prints, for the backend:
   daemon, no readiness protocol). Cold minus floor (the difference of the
   medians, printed too) is what turnstiled adds.
 - dinit floor, likewise: the shell sourcing /etc/profile and exec'ing
-  `dinit --user` on the same services, named on its command line, until
-  each has exec'd (what makes dinit call a process service started).
+  `dinit --user --quiet` (a floor need not print the status lines a
+  login's dinit does) on the same services, named on its command line,
+  until each has exec'd (what makes dinit call a process service started).
 Run as root on an otherwise idle machine; it creates and removes a user.
 """
 
