@@ -202,6 +202,15 @@ def children_of(ppid: int) -> list[tuple[int, str]]:
     return out
 
 
+def holders_of(daemon_pid: int, managing: bool | None = None) -> list[int]:
+    """The daemon's holders (children named for turnstiled-holder); with
+    managing, only those that run a manager (True) or that run nothing yet,
+    as the spare does (False)."""
+    return [pid for pid, comm in children_of(daemon_pid)
+            if comm.startswith("turnstiled-hold")
+            and (managing is None or bool(children_of(pid)) == managing)]
+
+
 def open_files_limit(pid: int | str = "self") -> int:
     """The soft RLIMIT_NOFILE of pid, from /proc/PID/limits."""
     for line in _read(f"/proc/{pid}/limits").decode().splitlines():

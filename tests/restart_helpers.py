@@ -9,7 +9,7 @@ import signal
 import socket
 import time
 
-from helpers import children_of, procs_of
+from helpers import holders_of, procs_of
 from runit import Services
 
 
@@ -104,9 +104,9 @@ def holders(d) -> set[tuple[int, str]]:
     runs, its children named for the holder that have a child (the spare
     runs nothing, and ends with its daemon)."""
     found = set()
-    for pid, comm in children_of(d.pid):
+    for pid in holders_of(d.pid, managing=True):
         start = _start_time(pid)
-        if comm.startswith("turnstiled-hol") and start is not None and children_of(pid):
+        if start is not None:
             found.add((pid, start))
     return found
 

@@ -7,16 +7,14 @@ from __future__ import annotations
 import os
 import signal
 
-from helpers import children_of, procs_of, wait_for, wait_gone
+from helpers import holders_of, procs_of, wait_for, wait_gone
 from pamclient import PamLogin
 from runit import Services, runsvdirs
 
 
 def holders(daemon_pid: int) -> list[int]:
-    """The daemon's children that are holders of a manager (not the spare,
-    which runs nothing yet)."""
-    return [pid for pid, comm in children_of(daemon_pid)
-            if comm.startswith("turnstiled-hold") and children_of(pid)]
+    """The daemon's holders of a manager (not the spare, which runs nothing yet)."""
+    return holders_of(daemon_pid, managing=True)
 
 
 def services(user) -> Services:

@@ -10,15 +10,14 @@ import signal
 
 import pytest
 from c_parts import build_holder
-from helpers import children_of, proc_state, status_of, wait_for, wait_gone
+from helpers import children_of, holders_of, proc_state, status_of, wait_for, wait_gone
 from pamclient import PamFailure, PamLogin
 from runit import Services, one_core_service, runsvdirs
 
 
 def spares(daemon_pid: int) -> list[int]:
     """The daemon's holders that run no manager."""
-    return [pid for pid, comm in children_of(daemon_pid)
-            if comm.startswith("turnstiled-hold") and not children_of(pid)]
+    return holders_of(daemon_pid, managing=False)
 
 
 def the_spare(daemon_pid: int, other_than: int = 0) -> int:
@@ -112,4 +111,4 @@ def test_the_spare_ends_with_the_daemon(daemon, sig):
                                     {"backend": "runit", "spare_holder": False}])
 def test_no_spare_without_managers_or_when_turned_off(daemon, config):
     d = daemon(**config)
-    assert not [p for p, comm in children_of(d.pid) if comm.startswith("turnstiled-hold")]
+    assert not holders_of(d.pid)
