@@ -1107,8 +1107,7 @@ int main(int argc, char **argv)
     }
     const char *problem;
     if (read_start(sfd, &problem)) {
-        if (pamh)
-            pam_end(pamh, PAM_SUCCESS);
+        close_session();  /* only the preloaded stack: no session was opened */
         return 0;
     }
     if (problem) {
