@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from common import (
     PamLogin,
@@ -130,46 +131,45 @@ class Bench:
         return opens, gones
 
     def floor_runit(self, runs: int) -> list[float]:
-        u = self.user
-        svdir = os.path.join(u.pw_dir, ".config", "service")
+        svdir = os.path.join(self.user.pw_dir, ".config", "service")
         names = [n for n in os.listdir(svdir) if os.path.isfile(f"{svdir}/{n}/run")]
-        samples = []
-        for _ in range(runs):
+
+        def fresh() -> None:  # no status of a run before counts
             for n in names:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(f"{svdir}/{n}/supervise/stat")
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", '. /etc/profile; exec runsvdir -P "$0"', svdir],
-                user=u.pw_uid, group=u.pw_gid, extra_groups=[], cwd=u.pw_dir,
-                env={"HOME": u.pw_dir, "PATH": "/usr/bin:/bin"})
-            while not all(running(f"{svdir}/{n}/supervise/stat") for n in names):
-                floor_waits(proc, t0, "runsvdir")
-            samples.append(time.perf_counter() - t0)
-            proc.send_signal(signal.SIGHUP)
-            proc.wait()
-            while uid_processes(u.pw_uid):
-                time.sleep(0.01)
-        return samples
+
+        return self._floor(runs, ["runsvdir", "-P", svdir], signal.SIGHUP, fresh,
+                           lambda proc: all(running(f"{svdir}/{n}/supervise/stat")
+                                            for n in names))
 
     def floor_dinit(self, runs: int, dinit: str) -> list[float]:
-        u = self.user
-        d = os.path.join(u.pw_dir, ".config", "dinit.d")
+        d = os.path.join(self.user.pw_dir, ".config", "dinit.d")
         names = sorted(n for n in os.listdir(d) if os.path.isfile(f"{d}/{n}"))
-        sock = os.path.join(u.pw_dir, ".floor-dinitctl")  # the user's to make
+        sock = os.path.join(self.user.pw_dir, ".floor-dinitctl")  # the user's to make
+        return self._floor(runs, [dinit, "--user", "--services-dir", d, "--socket-path", sock,
+                                  "--quiet", *names], signal.SIGTERM, lambda: None,
+                           lambda proc: services_execd(proc.pid, "sleep", len(names)))
+
+    def _floor(self, runs: int, manager: list[str], stop: signal.Signals,
+               before: Callable[[], None], up: Callable[[subprocess.Popen], bool]
+               ) -> list[float]:
+        """Each run: before(), then the user's shell sources /etc/profile and
+        execs manager, timed until up(its process); then stop ends it."""
+        u = self.user
         samples = []
         for _ in range(runs):
+            before()
             t0 = time.perf_counter()
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", '. /etc/profile; exec "$0" "$@"', dinit, "--user",
-                 "--services-dir", d, "--socket-path", sock, "--quiet", *names],
+                ["/bin/sh", "-c", '. /etc/profile; exec "$0" "$@"', *manager],
                 user=u.pw_uid, group=u.pw_gid, extra_groups=[], cwd=u.pw_dir,
                 env={"HOME": u.pw_dir, "PATH": "/usr/bin:/bin"},
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            while not services_execd(proc.pid, "sleep", len(names)):
-                floor_waits(proc, t0, "dinit")
+            while not up(proc):
+                floor_waits(proc, t0, os.path.basename(manager[0]))
             samples.append(time.perf_counter() - t0)
-            proc.terminate()
+            proc.send_signal(stop)
             proc.wait()
             while uid_processes(u.pw_uid):
                 time.sleep(0.01)
